@@ -1,0 +1,102 @@
+"""The ``radnode`` command line: serve, check-config, status, retry, echo, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from node.config import Config, ConfigError, load_config
+
+
+def _default_config_path() -> Path:
+    return Path(os.environ.get("RADNODE_CONFIG", "config.toml"))
+
+
+def _load(path: Path) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"radnode: invalid configuration\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(
+        f"{args.config}: OK (AE {config.node.ae_title} on {config.node.host}:{config.node.port}, "
+        f"{len(config.peers)} peers, {len(config.destinations)} destinations, {len(config.routes)} routes, "
+        f"pipelines: {', '.join(sorted(config.pipelines))})"
+    )
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from node.service import serve
+
+    return serve(_load(args.config), args.role)
+
+
+def _format_time(value: float | None) -> str:
+    return "-" if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from storage.database import create_database_engine, migrate
+    from storage.status import collect_status
+
+    config = _load(args.config)
+    engine = create_database_engine(config.database_url)
+    migrate(engine)
+    studies = collect_status(engine, limit=args.limit)
+    if args.json:
+        print(json.dumps({"studies": [study.as_dict() for study in studies]}, indent=2))
+        return 0
+    if not studies:
+        print("no studies received yet")
+        return 0
+    for study in studies:
+        total = sum(s.instance_count for s in study.series)
+        print(f"study {study.study_instance_uid}  {study.state}  {len(study.series)} series, {total} instances, "
+              f"first received {_format_time(study.first_received_at)}")
+        for series in study.series:
+            print(f"  series {series.series_instance_uid}  {series.modality or '?':<3} {series.state:<9} "
+                  f"{series.instance_count:>5} instances  {series.routing_note or ''}")
+            for job in series.jobs:
+                error = f"  ({job.last_error})" if job.last_error else ""
+                print(f"    job {job.id}: {job.pipeline} via route {job.route}: {job.state}, "
+                      f"{job.attempts} attempt(s){error}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="radnode", description="DICOM node that runs AI pipelines")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", type=Path, default=_default_config_path(),
+                         help="config file (default: $RADNODE_CONFIG or ./config.toml)")
+        return sub
+
+    serve = add("serve", "run the node: receivers, workers, completion and delivery")
+    serve.add_argument("--role", choices=["all", "receiver", "worker"], default="all")
+    serve.set_defaults(func=_cmd_serve)
+    add("check-config", "validate the config file and exit").set_defaults(func=_cmd_check_config)
+    status = add("status", "show studies, series, jobs")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--limit", type=int, default=50)
+    status.set_defaults(func=_cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

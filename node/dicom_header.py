@@ -1,0 +1,59 @@
+"""Reading the few attributes the receiver needs from an encoded dataset, without pixel data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from storage.uids import validate_uid
+
+_NEEDED = [
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "SOPClassUID",
+    "Modality",
+]
+
+
+class UnreadableDataset(ValueError):
+    """The bytes are not a DICOM dataset pydicom can parse."""
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """Validated UIDs of one instance plus its modality (PS3.3 C.7.3.1, C.12.1)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+    transfer_syntax_uid: str
+
+
+def read_identity(encoded_file: bytes) -> InstanceIdentity:
+    """Parse UIDs from a DICOM file's bytes (preamble + File Meta + dataset); pixel data is skipped.
+
+    Raises UnreadableDataset when the bytes do not parse, storage.uids.InvalidUID when a UID is
+    missing or malformed.
+    """
+    try:
+        dataset = dcmread(BytesIO(encoded_file), stop_before_pixels=True, specific_tags=_NEEDED)
+        values = {keyword: dataset.get(keyword) for keyword in _NEEDED}
+        transfer_syntax = str(dataset.file_meta.get("TransferSyntaxUID", ""))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
+        raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # pydicom raises many kinds on corrupt input; all mean "unreadable"
+        raise UnreadableDataset(f"{type(exc).__name__}: {exc}") from None
+    return InstanceIdentity(
+        study_instance_uid=validate_uid(values["StudyInstanceUID"], "StudyInstanceUID"),
+        series_instance_uid=validate_uid(values["SeriesInstanceUID"], "SeriesInstanceUID"),
+        sop_instance_uid=validate_uid(values["SOPInstanceUID"], "SOPInstanceUID"),
+        sop_class_uid=validate_uid(values["SOPClassUID"], "SOPClassUID"),
+        modality=str(values["Modality"] or "").strip(),
+        transfer_syntax_uid=transfer_syntax,
+    )

@@ -1,0 +1,187 @@
+"""C-STORE and association event handlers: validate, persist durably, index, then answer.
+
+Status codes (PS3.4 B.2.3 and PS3.7 C.4.2): 0x0000 only once the file is fsynced in the spool
+and indexed; 0xA700 when free disk is below the watermark (nothing is touched); 0xC001 for a
+dataset that cannot be parsed, 0xC002 for a missing or malformed UID, 0xC003 when the dataset's
+SOP Instance UID differs from the request's; 0x0110 (processing failure) for an internal error,
+which is logged with the SOP Instance UID. Nothing of a refused dataset stays in the spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from pynetdicom import evt
+from pynetdicom.events import Event
+
+from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
+from storage.index import InstanceIndex, ReceivedInstance, RecordOutcome
+from storage.spool import Spool
+from storage.uids import InvalidUID
+
+log = logging.getLogger("radnode.receiver")
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC001
+INVALID_UID = 0xC002
+UID_MISMATCH = 0xC003
+PROCESSING_FAILURE = 0x0110
+
+
+@dataclass
+class _AssociationTally:
+    calling_ae_title: str
+    address: str
+    started: float
+    stored: int = 0
+    refused: int = 0
+    bytes: int = 0
+    series_ids: set[int] = field(default_factory=set)
+
+
+class StoreService:
+    """Handlers bound to the SCP; one instance per receiver process, shared by its threads."""
+
+    def __init__(self, spool: Spool, index: InstanceIndex, min_free_bytes: int) -> None:
+        self._spool = spool
+        self._index = index
+        self._min_free_bytes = min_free_bytes
+        self._tallies: dict[int, _AssociationTally] = {}
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[tuple[object, object]]:
+        return [
+            (evt.EVT_C_ECHO, self.on_echo),
+            (evt.EVT_C_STORE, self.on_store),
+            (evt.EVT_ACCEPTED, self.on_accepted),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_REJECTED, self.on_rejected),
+        ]
+
+    # -- association events -------------------------------------------------------------------
+    def on_accepted(self, event: Event) -> None:
+        assoc = event.assoc
+        with self._lock:
+            self._tallies[id(assoc)] = _AssociationTally(
+                calling_ae_title=assoc.requestor.ae_title, address=assoc.requestor.address, started=time.time()
+            )
+
+    def on_released(self, event: Event) -> None:
+        tally = self._pop_tally(event)
+        if tally is not None:
+            self._index.mark_released(tally.series_ids, time.time())
+            self._log_association(tally, "released")
+
+    def on_aborted(self, event: Event) -> None:
+        tally = self._pop_tally(event)
+        if tally is not None:
+            self._log_association(tally, "aborted")  # completion then waits for the quiet period
+
+    def on_rejected(self, event: Event) -> None:
+        assoc = event.assoc
+        log.warning(
+            "association rejected: calling AE %r from %s called %r (unknown peer or wrong called AE title)",
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            assoc.acceptor.ae_title if assoc.acceptor else "",
+        )
+
+    def _pop_tally(self, event: Event) -> _AssociationTally | None:
+        with self._lock:
+            return self._tallies.pop(id(event.assoc), None)
+
+    def _log_association(self, tally: _AssociationTally, outcome: str) -> None:
+        log.info(
+            "association %s: calling AE %r from %s, %d stored, %d refused, %d bytes, %.2f s",
+            outcome,
+            tally.calling_ae_title,
+            tally.address,
+            tally.stored,
+            tally.refused,
+            tally.bytes,
+            time.time() - tally.started,
+        )
+
+    # -- DIMSE services --------------------------------------------------------------------
+    def on_echo(self, event: Event) -> int:
+        return SUCCESS
+
+    def on_store(self, event: Event) -> int:
+        requested_uid = str(event.request.AffectedSOPInstanceUID or "")
+        tally = self._tallies.get(id(event.assoc))
+        try:
+            status = self._store(event, requested_uid, tally)
+        except Exception:
+            log.exception("C-STORE of SOP Instance %s failed with an internal error", requested_uid)
+            status = PROCESSING_FAILURE
+        if tally is not None and status != SUCCESS:
+            tally.refused += 1
+        return status
+
+    def _store(self, event: Event, requested_uid: str, tally: _AssociationTally | None) -> int:
+        data = event.encoded_dataset()
+        try:
+            identity = read_identity(data)
+        except UnreadableDataset as exc:
+            log.warning("refused SOP Instance %s: dataset cannot be parsed (%s)", requested_uid, exc)
+            return CANNOT_UNDERSTAND
+        except InvalidUID as exc:
+            log.warning("refused SOP Instance %r: %s", requested_uid[:80], exc)
+            return INVALID_UID
+        if identity.sop_instance_uid != requested_uid.rstrip("\x00 "):
+            log.warning(
+                "refused SOP Instance %s: the dataset's SOPInstanceUID differs from the request's", requested_uid
+            )
+            return UID_MISMATCH
+        if self._spool.free_bytes() - len(data) < self._min_free_bytes:
+            log.error(
+                "refused SOP Instance %s: free disk below the %d MB watermark",
+                requested_uid,
+                self._min_free_bytes // 2**20,
+            )
+            return OUT_OF_RESOURCES
+        target = self._spool.path_for(
+            identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
+        )
+        existed = target.absolute.exists()
+        try:
+            self._spool.write(target, data)
+        except OSError as exc:
+            log.error("refused SOP Instance %s: cannot write to the spool (%s)", requested_uid, exc.strerror)
+            return OUT_OF_RESOURCES
+        try:
+            outcome = self._record(event, identity, target.relative, len(data))
+        except Exception:
+            if not existed:  # keep spool and index in step; an earlier acknowledged copy stays
+                target.absolute.unlink(missing_ok=True)
+            raise
+        if outcome.reopened:
+            log.info("series %s reopened by a late instance", identity.series_instance_uid)
+        if tally is not None:
+            tally.stored += 1
+            tally.bytes += len(data)
+            tally.series_ids.add(outcome.series_id)
+        return SUCCESS
+
+    def _record(self, event: Event, identity: InstanceIdentity, relative_path: str, size: int) -> RecordOutcome:
+        assoc = event.assoc
+        return self._index.record(
+            ReceivedInstance(
+                study_instance_uid=identity.study_instance_uid,
+                series_instance_uid=identity.series_instance_uid,
+                sop_instance_uid=identity.sop_instance_uid,
+                sop_class_uid=identity.sop_class_uid,
+                transfer_syntax_uid=identity.transfer_syntax_uid,
+                modality=identity.modality,
+                relative_path=relative_path,
+                size_bytes=size,
+                calling_ae_title=assoc.requestor.ae_title,
+                calling_host=assoc.requestor.address,
+                received_at=time.time(),
+            )
+        )

@@ -1,0 +1,137 @@
+"""``radnode serve``: the supervising process and its children.
+
+The supervisor migrates the database, recovers the spool, starts receiver and worker processes
+(spawned, so no thread or CUDA state is inherited), restarts any that die, and runs the periodic
+completion check. SIGTERM or SIGINT stops accepting, lets open associations finish and exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from multiprocessing.context import SpawnProcess
+from typing import Any, Callable, Literal
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from node.completion import CompletionChecker
+from node.config import Config
+from node.logs import configure_logging
+from node.recovery import recover_spool
+from node.receiver_process import run_receiver
+from storage.database import create_database_engine, migrate
+from storage.index import InstanceIndex
+from storage.spool import Spool
+
+log = logging.getLogger("radnode.service")
+
+Role = Literal["all", "receiver", "worker"]
+
+
+@dataclass
+class _Child:
+    name: str
+    target: Callable[..., None]
+    args: tuple[Any, ...]
+    process: SpawnProcess | None = None
+    restarts: int = 0
+
+
+class Supervisor:
+    def __init__(self, config: Config, role: Role) -> None:
+        self.config = config
+        self.role = role
+        self._context = multiprocessing.get_context("spawn")
+        self._stop = self._context.Event()
+        self._children: list[_Child] = []
+        self._stopping = threading.Event()
+
+    def prepare(self) -> None:
+        """Schema and spool recovery, before anything listens."""
+        data_dir = self.config.node.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_database_engine(self.config.database_url)
+        migrate(engine)
+        if self.role in ("all", "receiver"):
+            recover_spool(Spool(data_dir), InstanceIndex(engine))
+        engine.dispose()
+        if not self.config.peers:
+            log.warning("no [[peers]] configured: any calling AE title may store to this node")
+
+    def _plan_children(self) -> None:
+        if self.role in ("all", "receiver"):
+            share = self.config.node.receivers > 1
+            for index in range(self.config.node.receivers):
+                self._children.append(_Child(f"receiver-{index}", run_receiver, (self.config, self._stop, share)))
+        if self.role in ("all", "worker"):
+            from node.worker import run_worker
+
+            for index in range(self.config.workers.count):
+                self._children.append(_Child(f"worker-{index}", run_worker, (self.config, self._stop, index)))
+
+    def _start(self, child: _Child) -> None:
+        child.process = self._context.Process(target=child.target, args=child.args, name=child.name, daemon=False)
+        child.process.start()
+
+    def _watch_children(self) -> None:
+        for child in self._children:
+            if self._stopping.is_set():
+                return
+            if child.process is not None and not child.process.is_alive():
+                child.restarts += 1
+                log.error(
+                    "%s exited with code %s; restarting (restart %d)",
+                    child.name,
+                    child.process.exitcode,
+                    child.restarts,
+                )
+                self._start(child)
+
+    def run(self) -> int:
+        self.prepare()
+        self._plan_children()
+        for child in self._children:
+            self._start(child)
+        engine = create_database_engine(self.config.database_url)
+        scheduler = BackgroundScheduler(daemon=True)
+        if self.role in ("all", "receiver"):
+            checker = CompletionChecker(self.config, engine)
+            scheduler.add_job(
+                checker.check,
+                "interval",
+                seconds=self.config.completion.check_interval_s,
+                max_instances=1,
+                coalesce=True,
+                id="completion",
+            )
+        scheduler.add_job(self._watch_children, "interval", seconds=1.0, max_instances=1, coalesce=True)
+        scheduler.start()
+
+        def _request_stop(signum: int, _frame: object) -> None:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            self._stopping.set()
+
+        signal.signal(signal.SIGTERM, _request_stop)
+        signal.signal(signal.SIGINT, _request_stop)
+        self._stopping.wait()
+        scheduler.shutdown(wait=True)
+        self._stop.set()
+        for child in self._children:
+            if child.process is not None:
+                child.process.join(timeout=30)
+                if child.process.is_alive():
+                    log.error("%s did not stop in 30 s; terminating it", child.name)
+                    child.process.terminate()
+                    child.process.join(timeout=5)
+        engine.dispose()
+        log.info("radnode stopped")
+        return 0
+
+
+def serve(config: Config, role: Role) -> int:
+    configure_logging(config.node.log_level, config.node.data_dir)
+    return Supervisor(config, role).run()

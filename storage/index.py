@@ -1,0 +1,141 @@
+"""Recording received instances and the series/study they belong to (the receiver's hot path).
+
+One short transaction per instance: insert the instance (idempotent on SOP Instance UID), bump the
+series counters and, when a completed series receives a new instance, reopen it (generation + 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.models import Instance, Series, Study
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """What the receiver knows of one stored instance (UIDs already validated)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    relative_path: str
+    size_bytes: int
+    calling_ae_title: str
+    calling_host: str
+    received_at: float
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    series_id: int
+    is_new_instance: bool
+    reopened: bool
+
+
+class InstanceIndex:
+    """Writes instance rows; keeps a per-process cache of series ids to skip lookups."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._series_ids: dict[str, int] = {}
+        dialect = engine.dialect.name
+        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+    def record(self, item: ReceivedInstance) -> RecordOutcome:
+        """Index one instance whose file is already durable in the spool."""
+        with self._engine.begin() as conn:
+            series_id = self._series_ids.get(item.series_instance_uid)
+            if series_id is None:
+                series_id = self._ensure_series(conn, item)
+                self._series_ids[item.series_instance_uid] = series_id
+            inserted = conn.execute(
+                self._insert(Instance)
+                .values(
+                    series_id=series_id,
+                    sop_instance_uid=item.sop_instance_uid,
+                    sop_class_uid=item.sop_class_uid,
+                    transfer_syntax_uid=item.transfer_syntax_uid,
+                    path=item.relative_path,
+                    size_bytes=item.size_bytes,
+                    received_at=item.received_at,
+                )
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            ).rowcount
+            if inserted != 1:
+                conn.execute(
+                    update(Instance)
+                    .where(Instance.sop_instance_uid == item.sop_instance_uid)
+                    .values(size_bytes=item.size_bytes, received_at=item.received_at)
+                )
+                return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
+            state = conn.execute(select(Series.state).where(Series.id == series_id)).scalar_one()
+            reopened = state == "complete"
+            conn.execute(
+                update(Series)
+                .where(Series.id == series_id)
+                .values(
+                    instance_count=Series.instance_count + 1,
+                    last_instance_at=item.received_at,
+                    released_at=None,
+                    state="receiving",
+                    generation=Series.generation + (1 if reopened else 0),
+                    calling_ae_title=item.calling_ae_title,
+                    calling_host=item.calling_host,
+                )
+            )
+            return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
+
+    def _ensure_series(self, conn, item: ReceivedInstance) -> int:  # type: ignore[no-untyped-def]
+        conn.execute(
+            self._insert(Study)
+            .values(study_instance_uid=item.study_instance_uid, first_received_at=item.received_at)
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
+        )
+        study_id = conn.execute(
+            select(Study.id).where(Study.study_instance_uid == item.study_instance_uid)
+        ).scalar_one()
+        conn.execute(
+            self._insert(Series)
+            .values(
+                study_id=study_id,
+                series_instance_uid=item.series_instance_uid,
+                modality=item.modality[:16],
+                state="receiving",
+                generation=0,
+                instance_count=0,
+                first_received_at=item.received_at,
+                last_instance_at=item.received_at,
+                calling_ae_title=item.calling_ae_title,
+                calling_host=item.calling_host,
+            )
+            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
+        )
+        return conn.execute(
+            select(Series.id).where(Series.series_instance_uid == item.series_instance_uid)
+        ).scalar_one()
+
+    def mark_released(self, series_ids: set[int], released_at: float) -> None:
+        """Note that the association that sent these series was released (starts the grace period)."""
+        if not series_ids:
+            return
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(Series)
+                .where(Series.id.in_(series_ids), Series.state == "receiving")
+                .values(released_at=released_at)
+            )
+
+    def known_instance_paths(self) -> set[str]:
+        """Relative paths of every indexed instance (used by the start-up reconciliation)."""
+        with self._engine.connect() as conn:
+            return set(conn.execute(select(Instance.path)).scalars())
+
+    def count_instances(self) -> int:
+        with self._engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(Instance)).scalar_one())

@@ -1,0 +1,32 @@
+"""The outbox: result objects waiting for (and after) delivery, ``outbox/<study>/<series>/<sop>.dcm``."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from storage.spool import SpoolPath, write_atomically
+from storage.uids import validate_uid
+
+
+class Outbox:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / "outbox"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def write(self, dataset: Dataset) -> tuple[SpoolPath, int]:
+        """Encode ``dataset`` as a DICOM file (PS3.10) and write it atomically; return path and size."""
+        study = validate_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
+        series = validate_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
+        sop = validate_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
+        relative = f"outbox/{study}/{series}/{sop}.dcm"
+        buffer = BytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+        folder = self.data_dir / f"outbox/{study}/{series}"
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder, f"{sop}.dcm", data)
+        return SpoolPath(relative=relative, absolute=self.data_dir / relative), len(data)

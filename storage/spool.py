@@ -1,0 +1,84 @@
+"""The file store: ``spool/<study>/<series>/<sop>.dcm`` under data_dir, written atomically.
+
+A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
+place and its folder fsynced, so a file with the final name is always complete and durable; a
+crash leaves at most a temporary file, which ``remove_partial_files`` deletes at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from storage.uids import validate_uid
+
+TEMP_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class SpoolPath:
+    """Where one instance lives: ``relative`` to data_dir and ``absolute``."""
+
+    relative: str
+    absolute: Path
+
+
+class Spool:
+    """The received-instance store under ``data_dir/spool``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.root = data_dir / "spool"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> SpoolPath:
+        """The path of an instance; every UID is validated first, so none can become ``..``."""
+        study = validate_uid(study_uid, "StudyInstanceUID")
+        series = validate_uid(series_uid, "SeriesInstanceUID")
+        sop = validate_uid(sop_uid, "SOPInstanceUID")
+        relative = f"spool/{study}/{series}/{sop}.dcm"
+        return SpoolPath(relative=relative, absolute=self.data_dir / relative)
+
+    def write(self, target: SpoolPath, data: bytes | memoryview) -> None:
+        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder)."""
+        folder = target.absolute.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        write_atomically(folder, target.absolute.name, data)
+
+    def free_bytes(self) -> int:
+        """Free space on the file system that holds the spool, in bytes."""
+        stats = os.statvfs(self.root)
+        return stats.f_bavail * stats.f_frsize
+
+    def remove_partial_files(self) -> int:
+        """Delete temporary files left by a crash mid-write; return how many were removed."""
+        removed = 0
+        for path in self.root.rglob(f"*{TEMP_SUFFIX}"):
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
+
+
+def write_atomically(folder: Path, name: str, data: bytes | memoryview) -> None:
+    """Write ``folder/name`` so that it is either absent, the previous file, or complete."""
+    temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        temp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(temp, folder / name)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
