@@ -85,10 +85,8 @@ class StoreService:
     def on_rejected(self, event: Event) -> None:
         assoc = event.assoc
         log.warning(
-            "association rejected: calling AE %r from %s called %r (unknown peer or wrong called AE title)",
-            assoc.requestor.ae_title,
+            "association from %s rejected in negotiation (called AE title not ours, or association limit reached)",
             assoc.requestor.address,
-            assoc.acceptor.ae_title if assoc.acceptor else "",
         )
 
     def _pop_tally(self, event: Event) -> _AssociationTally | None:

@@ -1,8 +1,8 @@
 """The DICOM Storage SCP: C-ECHO and C-STORE for every storage SOP class (PS3.4 Annex B).
 
-Built on pynetdicom with three small, isolated extensions:
-- the peer allow-list is checked during association negotiation, so an unknown caller gets
-  A-ASSOCIATE-RJ "rejected-permanent / service-user / calling-AE-title-not-recognized"
+Built on pynetdicom with three small, isolated choices:
+- the peer allow-list is checked when the A-ASSOCIATE-RQ arrives (EVT_REQUESTED), so an unknown
+  caller gets A-ASSOCIATE-RJ "rejected-permanent / service-user / calling-AE-title-not-recognized"
   (PS3.8 9.3.4) even when only its host is wrong;
 - the listening socket may be shared by several receiver processes (SO_REUSEPORT);
 - unrestricted storage: any storage, private or unknown SOP class is accepted in the first
@@ -11,45 +11,41 @@ Built on pynetdicom with three small, isolated extensions:
 
 from __future__ import annotations
 
+import logging
 import socket
-from typing import Any
+import threading
+from typing import Any, Callable
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.acse import ACSE
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
+from pynetdicom.events import Event
+from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
 from node.peers import PeerPolicy
+
+log = logging.getLogger("radnode.receiver")
 
 # PS3.8 Table 9-21: result 1 = rejected-permanent, source 1 = service-user, reason 3 = calling AE
 _REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
 
 
-class _PolicyACSE(ACSE):
-    """ACSE that also applies the host part of the peer allow-list when acting as acceptor."""
+def peer_policy_handler(policy: PeerPolicy) -> Callable[[Event], None]:
+    """An EVT_REQUESTED handler that answers A-ASSOCIATE-RJ to callers the allow-list refuses.
 
-    policy: PeerPolicy
+    pynetdicom skips its own negotiation when this handler has already rejected (PS3.8 9.3.4)."""
 
-    def _negotiate_as_acceptor(self) -> None:
-        request = self.requestor.primitive
+    def _check(event: Event) -> None:
+        request = event.assoc.requestor.primitive
         calling = str(request.calling_ae_title).strip() if request is not None else ""
-        address = self.assoc.requestor.address
-        if not self.policy.admits(calling, address):
-            self.send_reject(*_REJECT_UNKNOWN_CALLER)
-            evt.trigger(self.assoc, evt.EVT_REJECTED, {})
-            self.assoc.kill()
-            return
-        super()._negotiate_as_acceptor()
+        address = event.assoc.requestor.address
+        if not policy.admits(calling, address):
+            log.warning("association rejected: calling AE %r from %s is not a configured peer", calling, address)
+            event.assoc.requestor.ae_title = calling
+            event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
+            event.assoc.kill()  # flushes the A-ASSOCIATE-RJ before the socket closes, as pynetdicom does
 
-
-class _PolicyRequestHandler(RequestHandler):
-    def _create_association(self):  # type: ignore[no-untyped-def]
-        assoc = super()._create_association()
-        acse = _PolicyACSE(assoc)
-        acse.policy = self.server.peer_policy  # type: ignore[attr-defined]
-        assoc.acse = acse
-        return assoc
+    return _check
 
 
 class _SharedPortServer(ThreadedAssociationServer):
@@ -94,12 +90,8 @@ def start_server(
         settings.ae_title,
         ae.supported_contexts,
         None,
-        evt_handlers=handlers,
-        request_handler=_PolicyRequestHandler,
+        evt_handlers=[(evt.EVT_REQUESTED, peer_policy_handler(policy)), *handlers],
     )
-    server.peer_policy = policy  # type: ignore[attr-defined]
-    import threading
-
     thread = threading.Thread(target=server.serve_forever, name="radnode-acceptor", daemon=True)
     thread.start()
     ae._servers.append(server)
