@@ -97,7 +97,7 @@ class Supervisor:
         for child in self._children:
             self._start(child)
         engine = create_database_engine(self.config.database_url)
-        scheduler = BackgroundScheduler(daemon=True)
+        scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
         if self.role in ("all", "receiver"):
             checker = CompletionChecker(self.config, engine)
             scheduler.add_job(
