@@ -66,8 +66,9 @@ class InstanceIndex:
                     received_at=item.received_at,
                 )
                 .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            ).rowcount
-            if inserted != 1:
+                .returning(Instance.id)  # rowcount of ON CONFLICT DO NOTHING is -1 under psycopg
+            ).first()
+            if inserted is None:
                 conn.execute(
                     update(Instance)
                     .where(Instance.sop_instance_uid == item.sop_instance_uid)

@@ -24,3 +24,6 @@ def radnode(tmp_path: Path) -> Iterator[Callable[..., RadnodeProcess]]:
     for node in started:
         if node.process is not None and node.process.poll() is None:
             node.kill9()
+
+
+from tests.support.postgres import postgresql_database, postgresql_server  # noqa: E402,F401

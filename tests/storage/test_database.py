@@ -1,0 +1,130 @@
+"""The index, completion and job queue behave the same on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import Engine, func, select
+
+from storage.completion import NewJob, complete_series, find_due_series
+from storage.database import migrate
+from storage.index import InstanceIndex, ReceivedInstance
+from storage.jobs import JobQueue, LeaseLost
+from storage.models import Instance, Job
+
+
+def _instance(sop: str, series: str = "1.2.3.2", study: str = "1.2.3.1", at: float = 1000.0) -> ReceivedInstance:
+    return ReceivedInstance(
+        study_instance_uid=study, series_instance_uid=series, sop_instance_uid=sop,
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4", transfer_syntax_uid="1.2.840.10008.1.2.1", modality="MR",
+        relative_path=f"spool/{study}/{series}/{sop}.dcm", size_bytes=10, calling_ae_title="SCU",
+        calling_host="127.0.0.1", received_at=at,
+    )
+
+
+def _queue_one_job(engine: Engine, pipeline: str = "brain-extraction") -> None:
+    InstanceIndex(engine).record(_instance("1.2.3.3"))
+    due = find_due_series(engine, now=2000.0, grace_s=1, quiet_s=60)
+    assert complete_series(engine, due[0], [NewJob(pipeline, "r", ("pacs",))], "queued", now=2000.0)
+
+
+def test_migrations_are_idempotent(engine: Engine) -> None:
+    migrate(engine)
+    migrate(engine)
+
+
+def test_repeated_instance_is_indexed_once(engine: Engine) -> None:
+    index = InstanceIndex(engine)
+
+    first = index.record(_instance("1.2.3.3"))
+    second = index.record(_instance("1.2.3.3"))
+
+    assert first.is_new_instance and not second.is_new_instance
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Instance)).scalar_one() == 1
+
+
+def test_series_is_due_after_release_grace_or_quiet_period(engine: Engine) -> None:
+    index = InstanceIndex(engine)
+    outcome = index.record(_instance("1.2.3.3", at=1000.0))
+
+    assert find_due_series(engine, now=1001.0, grace_s=2, quiet_s=60) == []
+    index.mark_released({outcome.series_id}, released_at=1001.0)
+    assert find_due_series(engine, now=1002.0, grace_s=2, quiet_s=60) == []
+    assert len(find_due_series(engine, now=1003.5, grace_s=2, quiet_s=60)) == 1
+    assert len(find_due_series(engine, now=1061.0, grace_s=2, quiet_s=60)) == 1
+
+
+def test_series_completes_exactly_once_even_when_two_checkers_race(engine: Engine) -> None:
+    InstanceIndex(engine).record(_instance("1.2.3.3"))
+    due = find_due_series(engine, now=2000.0, grace_s=1, quiet_s=60)[0]
+
+    outcomes = [complete_series(engine, due, [NewJob("brain-extraction", "r", ())], "q", 2000.0) for _ in range(2)]
+
+    assert outcomes == [True, False]
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Job)).scalar_one() == 1
+
+
+def test_instance_arriving_during_completion_keeps_the_series_open(engine: Engine) -> None:
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3", at=1000.0))
+    due = find_due_series(engine, now=2000.0, grace_s=1, quiet_s=60)[0]
+    index.record(_instance("1.2.3.4", at=1999.0))
+
+    assert not complete_series(engine, due, [], "q", 2000.0)
+
+
+def test_two_workers_never_claim_the_same_job(engine: Engine) -> None:
+    for number in range(6):
+        InstanceIndex(engine).record(_instance(f"1.2.4.{number}", series=f"1.2.5.{number}"))
+    for due in find_due_series(engine, now=5000.0, grace_s=1, quiet_s=60):
+        complete_series(engine, due, [NewJob("brain-extraction", "r", ())], "q", 5000.0)
+    queue = JobQueue(engine, max_attempts=3)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        while (job := queue.claim(name, lease_s=60, now=time.time())) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 6
+
+
+def test_job_of_a_dead_worker_is_taken_over_after_its_lease(engine: Engine) -> None:
+    _queue_one_job(engine)
+    queue = JobQueue(engine, max_attempts=3)
+    held = queue.claim("dead-worker", lease_s=10, now=3000.0)
+    assert held is not None
+
+    assert queue.claim("other", lease_s=10, now=3005.0) is None
+    taken = queue.claim("other", lease_s=10, now=3011.0)
+
+    assert taken is not None and taken.id == held.id and taken.attempts == 2
+    try:
+        queue.renew(held.id, "dead-worker", lease_s=10, now=3012.0)
+        raise AssertionError("the dead worker must have lost its lease")
+    except LeaseLost:
+        pass
+    assert not queue.finish(held.id, "dead-worker", "succeeded", now=3013.0)
+    assert queue.finish(taken.id, "other", "succeeded", now=3013.0)
+
+
+def test_failed_job_is_retried_then_marked_failed(engine: Engine) -> None:
+    _queue_one_job(engine)
+    queue = JobQueue(engine, max_attempts=2)
+
+    first = queue.claim("w", lease_s=10, now=3000.0)
+    assert first is not None and queue.fail(first.id, "w", "boom", retry_at=3010.0, now=3001.0) == "queued"
+    assert queue.claim("w", lease_s=10, now=3005.0) is None  # backoff
+    second = queue.claim("w", lease_s=10, now=3010.0)
+    assert second is not None and queue.fail(second.id, "w", "boom again", retry_at=3020.0, now=3011.0) == "failed"
+    assert queue.claim("w", lease_s=10, now=4000.0) is None
