@@ -67,8 +67,46 @@ def _cmd_status(args: argparse.Namespace) -> int:
                   f"{series.instance_count:>5} instances  {series.routing_note or ''}")
             for job in series.jobs:
                 error = f"  ({job.last_error})" if job.last_error else ""
+                measured = "".join(f", {k} {v:.1f}" for k, v in (job.measurements or {}).items())
                 print(f"    job {job.id}: {job.pipeline} via route {job.route}: {job.state}, "
-                      f"{job.attempts} attempt(s){error}")
+                      f"{job.attempts} attempt(s), {job.results} result object(s){measured}{error}")
+                for delivery in job.deliveries:
+                    why = f"  ({delivery.last_error})" if delivery.last_error else ""
+                    print(f"      delivery {delivery.id} to {delivery.destination}: {delivery.state}, "
+                          f"{delivery.attempts} attempt(s){why}")
+    return 0
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from storage.database import create_database_engine, migrate
+    from storage.deliveries import DeliveryQueue, retry_failed_jobs
+
+    config = _load(args.config)
+    engine = create_database_engine(config.database_url)
+    migrate(engine)
+    now = time.time()
+    deliveries = DeliveryQueue(engine, config.delivery.give_up_after_s).retry(now, args.delivery or None)
+    jobs = retry_failed_jobs(engine, now, args.job or None)
+    print(f"re-queued {deliveries} dead deliveries and {jobs} failed jobs")
+    return 0
+
+
+def _cmd_echo(args: argparse.Namespace) -> int:
+    from node.delivery import Address, DeliveryError, echo
+
+    config = _load(args.config)
+    destination = next((d for d in config.destinations if d.name == args.name), None)
+    if destination is None:
+        known = ", ".join(d.name for d in config.destinations) or "none configured"
+        print(f"radnode: no destination named {args.name!r} (known: {known})", file=sys.stderr)
+        return 2
+    address = Address(destination.ae_title, destination.host, destination.port)
+    try:
+        echo(address, config.node.ae_title, config.delivery.timeout_s)
+    except DeliveryError as exc:
+        print(f"{args.name}: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.name}: {destination.ae_title}@{destination.host}:{destination.port} answers C-ECHO")
     return 0
 
 
@@ -90,6 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=50)
     status.set_defaults(func=_cmd_status)
+    retry = add("retry", "re-queue dead deliveries and failed jobs (all, or the given ids)")
+    retry.add_argument("--delivery", type=int, action="append", help="a delivery id (repeatable)")
+    retry.add_argument("--job", type=int, action="append", help="a job id (repeatable)")
+    retry.set_defaults(func=_cmd_retry)
+    echo = add("echo", "check a destination with C-ECHO")
+    echo.add_argument("name", help="a [[destinations]] name")
+    echo.set_defaults(func=_cmd_echo)
     return parser
 
 

@@ -82,6 +82,17 @@ class WorkerSettings(_Strict):
     poll_interval_s: float = Field(0.2, gt=0)
 
 
+class DeliverySettings(_Strict):
+    """``[delivery]``: sending results on, with exponential backoff between failed tries (seconds)."""
+
+    first_retry_s: float = Field(5.0, gt=0)
+    max_retry_s: float = Field(300.0, gt=0)
+    give_up_after_s: float = Field(86400.0, gt=0, description="then the delivery is dead (radnode retry revives it)")
+    check_interval_s: float = Field(0.25, gt=0)
+    lease_s: float = Field(300.0, gt=0)
+    timeout_s: float = Field(30.0, gt=0, description="ACSE, DIMSE and network timeout towards destinations")
+
+
 class PeerSettings(_Strict):
     """``[[peers]]``: an AE allowed to associate; ``host`` (optional) pins its address."""
 
@@ -161,6 +172,7 @@ class Config(_Strict):
     node: NodeSettings = NodeSettings()
     completion: CompletionSettings = CompletionSettings()
     workers: WorkerSettings = WorkerSettings()
+    delivery: DeliverySettings = DeliverySettings()
     peers: list[PeerSettings] = Field(default_factory=list)
     destinations: list[DestinationSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)

@@ -7,7 +7,6 @@ fsynced spool files are there; indexing them again keeps every acknowledged inst
 from __future__ import annotations
 
 import logging
-import time
 
 from node.dicom_header import UnreadableDataset, read_identity
 from storage.index import InstanceIndex, ReceivedInstance

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.context import SpawnProcess
 from typing import Any, Callable, Literal
@@ -19,6 +20,7 @@ from typing import Any, Callable, Literal
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.completion import CompletionChecker
+from node.delivery import Address, Deliverer, echo
 from node.config import Config
 from node.logs import configure_logging
 from node.recovery import recover_spool
@@ -108,6 +110,12 @@ class Supervisor:
                 coalesce=True,
                 id="completion",
             )
+        deliverer: Deliverer | None = None
+        if self.role in ("all", "worker"):
+            deliverer = Deliverer(self.config, engine, owner=f"{socket.gethostname()}:{os.getpid()}:delivery")
+            scheduler.add_job(deliverer.dispatch, "interval", seconds=self.config.delivery.check_interval_s,
+                              max_instances=1, coalesce=True, id="delivery")
+            threading.Thread(target=check_destinations, args=(self.config,), daemon=True).start()
         scheduler.add_job(self._watch_children, "interval", seconds=1.0, max_instances=1, coalesce=True)
         scheduler.start()
 
@@ -119,6 +127,8 @@ class Supervisor:
         signal.signal(signal.SIGINT, _request_stop)
         self._stopping.wait()
         scheduler.shutdown(wait=True)
+        if deliverer is not None:
+            deliverer.close()
         self._stop.set()
         for child in self._children:
             if child.process is not None:
@@ -130,6 +140,19 @@ class Supervisor:
         engine.dispose()
         log.info("radnode stopped")
         return 0
+
+
+def check_destinations(config: Config) -> None:
+    """C-ECHO every destination once at start-up and log the ones that do not answer."""
+    for destination in config.destinations:
+        address = Address(destination.ae_title, destination.host, destination.port)
+        try:
+            echo(address, config.node.ae_title, timeout_s=5)
+            log.info("destination %s (%s@%s:%d) answers C-ECHO", destination.name, address.ae_title,
+                     address.host, address.port)
+        except Exception as exc:
+            log.warning("destination %s is unreachable now (%s); results for it wait and are retried",
+                        destination.name, exc)
 
 
 def serve(config: Config, role: Role) -> int:

@@ -14,9 +14,9 @@ import socket
 import threading
 import time
 from multiprocessing.synchronize import Event as StopEvent
-from pathlib import Path
 
 from node.config import Config
+from node.delivery import targets_for
 from node.logs import configure_logging
 from pipelines.base import Pipeline, PipelineRefusal, RuntimeOptions, SourceSeries
 from storage.database import create_database_engine
@@ -113,7 +113,8 @@ class Worker:
             state = self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", retry_at, time.time())
             log.info("job %d is now %s", job.id, state)
             return
-        ids = record_results(self.engine, job.id, self.owner, stored, result.measurements, time.time())
+        targets = targets_for(self.config, job.send_to, job.calling_ae_title, job.calling_host)
+        ids = record_results(self.engine, job.id, self.owner, stored, result.measurements, targets, time.time())
         if ids is None:
             log.error("job %d: lease lost before the results were recorded; another worker owns it", job.id)
             return

@@ -20,6 +20,9 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The viewer test's own pieces: Debian chromium, orthanc-dicomweb, and OHIF + playwright-core from npm.
+bash tests/viewer/setup_viewer.sh
+
 python_bin="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv"

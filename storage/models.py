@@ -112,3 +112,35 @@ class Result(Base):
     path: Mapped[str] = mapped_column(String(512))
     size_bytes: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[float] = mapped_column(Float)
+    # set on an alternative object (e.g. a BINARY SEG) sent only when a destination refuses the
+    # SOP class of the object it stands in for (e.g. a LABELMAP SEG)
+    fallback_for: Mapped[str | None] = mapped_column(String(UID_LENGTH), nullable=True)
+
+
+class Delivery(Base):
+    """Sending all result objects of one job to one destination, over one association.
+
+    ``state``: pending -> sending -> done, or dead after the give-up age (``radnode retry`` puts a
+    dead one back to pending). A ``sending`` row whose lease expired is picked up again."""
+
+    __tablename__ = "deliveries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))  # a [[destinations]] name, or "sender"
+    ae_title: Mapped[str] = mapped_column(String(16))
+    host: Mapped[str] = mapped_column(String(255))
+    port: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_owner: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    __table_args__ = (
+        UniqueConstraint("job_id", "destination", name="uq_deliveries_job_destination"),
+        Index("ix_deliveries_state", "state", "next_attempt_at"),
+    )

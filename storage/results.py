@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.deliveries import DeliveryTarget, add_deliveries
 from storage.models import Job, Result
 
 
@@ -20,12 +21,13 @@ class StoredResult:
     modality: str
     path: str
     size_bytes: int
+    fallback_for: str | None = None
 
 
 def record_results(engine: Engine, job_id: int, owner: str, results: list[StoredResult],
-                   measurements: dict[str, float], now: float) -> list[int] | None:
-    """Upsert the result rows and mark the job succeeded; None (and nothing written) if ``owner``
-    no longer holds the job. Returns the ids of the result rows."""
+                   measurements: dict[str, float], deliveries: list[DeliveryTarget], now: float) -> list[int] | None:
+    """Upsert the result rows, queue their deliveries and mark the job succeeded, atomically;
+    None (and nothing written) if ``owner`` no longer holds the job. Returns the result row ids."""
     insert_fn = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     with engine.begin() as conn:
         held = conn.execute(
@@ -48,13 +50,16 @@ def record_results(engine: Engine, job_id: int, owner: str, results: list[Stored
                 path=item.path,
                 size_bytes=item.size_bytes,
                 created_at=now,
+                fallback_for=item.fallback_for,
             )
             statement = insert_fn(Result).values(**values)
             conn.execute(
                 statement.on_conflict_do_update(
                     index_elements=["sop_instance_uid"],
-                    set_={k: statement.excluded[k] for k in ("job_id", "path", "size_bytes", "created_at")},
+                    set_={k: statement.excluded[k]
+                          for k in ("job_id", "path", "size_bytes", "created_at", "fallback_for")},
                 )
             )
             ids.append(conn.execute(select(Result.id).where(Result.sop_instance_uid == item.sop_instance_uid)).scalar_one())
+        add_deliveries(conn, job_id, deliveries, now)
         return ids

@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from sqlalchemy import Engine, select
+import json
+
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from storage.models import Job, Series, Study
+from storage.models import Delivery, Job, Result, Series, Study
+
+
+@dataclass
+class DeliveryStatus:
+    id: int
+    destination: str
+    state: str
+    attempts: int
+    last_error: str | None
+    delivered_at: float | None
 
 
 @dataclass
@@ -19,6 +31,9 @@ class JobStatus:
     state: str
     attempts: int
     last_error: str | None
+    measurements: dict[str, float] | None = None
+    results: int = 0
+    deliveries: list[DeliveryStatus] = field(default_factory=list)
 
 
 @dataclass
@@ -60,10 +75,22 @@ def collect_status(engine: Engine, limit: int = 200) -> list[StudyStatus]:
         series_rows = session.scalars(select(Series).where(Series.study_id.in_(ids)).order_by(Series.id)).all()
         series_ids = [s.id for s in series_rows]
         job_rows = session.scalars(select(Job).where(Job.series_id.in_(series_ids)).order_by(Job.id)).all()
+        job_ids = [j.id for j in job_rows]
+        delivery_rows = session.scalars(
+            select(Delivery).where(Delivery.job_id.in_(job_ids)).order_by(Delivery.id)).all()
+        result_counts = dict(session.execute(
+            select(Result.job_id, func.count()).where(Result.job_id.in_(job_ids), Result.fallback_for.is_(None))
+            .group_by(Result.job_id)).all())
+    deliveries_by_job: dict[int, list[DeliveryStatus]] = {}
+    for d in delivery_rows:
+        deliveries_by_job.setdefault(d.job_id, []).append(
+            DeliveryStatus(d.id, d.destination, d.state, d.attempts, d.last_error, d.delivered_at))
     jobs_by_series: dict[int, list[JobStatus]] = {}
     for job in job_rows:
         jobs_by_series.setdefault(job.series_id, []).append(
-            JobStatus(job.id, job.pipeline, job.route, job.generation, job.state, job.attempts, job.last_error)
+            JobStatus(job.id, job.pipeline, job.route, job.generation, job.state, job.attempts, job.last_error,
+                      json.loads(job.measurements) if job.measurements else None,
+                      int(result_counts.get(job.id, 0)), deliveries_by_job.get(job.id, []))
         )
     series_by_study: dict[int, list[SeriesStatus]] = {}
     for s in series_rows:

@@ -20,7 +20,8 @@ RADNODE = [sys.executable, "-m", "node.cli"]
 def base_config(port: int, data_dir: Path, *, extra: str = "", ae_title: str = "RADNODE",
                 grace_s: float = 0.5, quiet_s: float = 60.0, workers: int = 0,
                 database_url: str = "", min_free_disk_mb: int = 1, receivers: int = 1) -> str:
-    """A config.toml text for tests: small timeouts, no workers unless asked."""
+    """A config.toml text for tests: small timeouts, no workers unless asked (or given in ``extra``)."""
+    workers_table = f"[workers]\ncount = {workers}\ntorch_threads = 1\nlease_s = 30\npoll_interval_s = 0.1\n"
     return f"""
 [node]
 ae_title = "{ae_title}"
@@ -37,11 +38,7 @@ grace_s = {grace_s}
 quiet_s = {quiet_s}
 check_interval_s = 0.2
 
-[workers]
-count = {workers}
-torch_threads = 1
-lease_s = 30
-poll_interval_s = 0.1
+{"" if "[workers]" in extra else workers_table}
 {extra}
 """
 
