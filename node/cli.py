@@ -110,6 +110,16 @@ def _cmd_echo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from node.demo import DemoError, run_demo
+
+    try:
+        return run_demo(args.workdir.resolve())
+    except DemoError as exc:
+        print(f"radnode demo: {exc}", file=sys.stderr)
+        return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="radnode", description="DICOM node that runs AI pipelines")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     echo = add("echo", "check a destination with C-ECHO")
     echo.add_argument("name", help="a [[destinations]] name")
     echo.set_defaults(func=_cmd_echo)
+    demo = commands.add_parser("demo", help="run the node end to end on the real MNI152 sample")
+    demo.add_argument("--workdir", type=Path, default=Path("radnode-demo"),
+                      help="folder for the demo's node data, PACS and outputs (emptied first)")
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 

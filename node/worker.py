@@ -114,7 +114,9 @@ class Worker:
             log.info("job %d is now %s", job.id, state)
             return
         targets = targets_for(self.config, job.send_to, job.calling_ae_title, job.calling_host)
-        ids = record_results(self.engine, job.id, self.owner, stored, result.measurements, targets, time.time())
+        timings = {**result.timings_s, "total": time.perf_counter() - started}
+        ids = record_results(self.engine, job.id, self.owner, stored, result.measurements, targets, time.time(),
+                             timings=timings)
         if ids is None:
             log.error("job %d: lease lost before the results were recorded; another worker owns it", job.id)
             return

@@ -84,6 +84,7 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     measurements: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
+    timings: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON: seconds per stage
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)

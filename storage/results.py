@@ -25,7 +25,8 @@ class StoredResult:
 
 
 def record_results(engine: Engine, job_id: int, owner: str, results: list[StoredResult],
-                   measurements: dict[str, float], deliveries: list[DeliveryTarget], now: float) -> list[int] | None:
+                   measurements: dict[str, float], deliveries: list[DeliveryTarget], now: float,
+                   timings: dict[str, float] | None = None) -> list[int] | None:
     """Upsert the result rows, queue their deliveries and mark the job succeeded, atomically;
     None (and nothing written) if ``owner`` no longer holds the job. Returns the result row ids."""
     insert_fn = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
@@ -34,7 +35,7 @@ def record_results(engine: Engine, job_id: int, owner: str, results: list[Stored
             update(Job)
             .where(Job.id == job_id, Job.lease_owner == owner, Job.state == "running")
             .values(state="succeeded", finished_at=now, lease_owner=None, lease_expires_at=None,
-                    last_error=None, measurements=json.dumps(measurements))
+                    last_error=None, measurements=json.dumps(measurements), timings=json.dumps(timings or {}))
         ).rowcount
         if held != 1:
             return None

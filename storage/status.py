@@ -32,6 +32,10 @@ class JobStatus:
     attempts: int
     last_error: str | None
     measurements: dict[str, float] | None = None
+    timings: dict[str, float] | None = None
+    created_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
     results: int = 0
     deliveries: list[DeliveryStatus] = field(default_factory=list)
 
@@ -90,6 +94,8 @@ def collect_status(engine: Engine, limit: int = 200) -> list[StudyStatus]:
         jobs_by_series.setdefault(job.series_id, []).append(
             JobStatus(job.id, job.pipeline, job.route, job.generation, job.state, job.attempts, job.last_error,
                       json.loads(job.measurements) if job.measurements else None,
+                      json.loads(job.timings) if job.timings else None,
+                      job.created_at, job.started_at, job.finished_at,
                       int(result_counts.get(job.id, 0)), deliveries_by_job.get(job.id, []))
         )
     series_by_study: dict[int, list[SeriesStatus]] = {}
