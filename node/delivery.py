@@ -75,7 +75,8 @@ def send_files(address: Address, files: list[ResultFile], data_dir: Path, own_ae
                timeout_s: float) -> int:
     """Send ``files`` over one association; return how many objects were stored.
 
-    Fallback objects are sent only in place of a primary whose context was refused."""
+    Fallback objects are sent only when the destination refused the context of a primary object;
+    then every primary that has a fallback is replaced by it."""
     paths = {f.sop_instance_uid: data_dir / f.path for f in files}
     keys = {uid: _context_key(path) for uid, path in paths.items()}
     ae = AE(ae_title=own_ae_title)
@@ -88,19 +89,21 @@ def send_files(address: Address, files: list[ResultFile], data_dir: Path, own_ae
     try:
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         fallbacks = {f.fallback_for: f for f in files if f.fallback_for}
+        primaries = [f for f in files if not f.fallback_for]
+        refused = [f for f in primaries if keys[f.sop_instance_uid] not in accepted]
+        # One refused primary switches the whole job to its fallbacks, so an SR never references a
+        # SEG the destination did not take.
+        use_fallbacks = bool(refused)
+        if use_fallbacks:
+            log.info("%s refused %s; sending the fallback objects", address.ae_title,
+                     ", ".join(sorted({keys[f.sop_instance_uid][0] for f in refused})))
         sent = 0
-        for item in (f for f in files if not f.fallback_for):
-            chosen = item
-            if keys[item.sop_instance_uid] not in accepted:
-                fallback = fallbacks.get(item.sop_instance_uid)
-                if fallback is None or keys[fallback.sop_instance_uid] not in accepted:
-                    raise DeliveryError(
-                        f"{address.ae_title} refused SOP class {keys[item.sop_instance_uid][0]} "
-                        f"in {keys[item.sop_instance_uid][1]} and there is no accepted fallback"
-                    )
-                log.info("%s refused %s; sending its fallback %s", address.ae_title,
-                         keys[item.sop_instance_uid][0], keys[fallback.sop_instance_uid][0])
-                chosen = fallback
+        for item in primaries:
+            chosen = fallbacks.get(item.sop_instance_uid, item) if use_fallbacks else item
+            if keys[chosen.sop_instance_uid] not in accepted:
+                sop_class, syntax = keys[chosen.sop_instance_uid]
+                raise DeliveryError(f"{address.ae_title} refused SOP class {sop_class} in {syntax} "
+                                    f"and there is no accepted fallback")
             response = assoc.send_c_store(paths[chosen.sop_instance_uid])
             status = int(response.Status) if "Status" in response else None
             if status is None:

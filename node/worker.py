@@ -15,6 +15,8 @@ import threading
 import time
 from multiprocessing.synchronize import Event as StopEvent
 
+from pydicom.dataset import Dataset
+
 from node.config import Config
 from node.delivery import targets_for
 from node.logs import configure_logging
@@ -82,6 +84,20 @@ class Worker:
             except Exception:
                 log.exception("job %d: renewing the lease failed; will retry", job.id)
 
+    def _store(self, dataset: Dataset, fallback_for: str | None = None) -> StoredResult:
+        """Write one result object to the outbox and describe it for the database."""
+        path, size = self.outbox.write(dataset)
+        return StoredResult(
+            study_instance_uid=str(dataset.StudyInstanceUID),
+            series_instance_uid=str(dataset.SeriesInstanceUID),
+            sop_instance_uid=str(dataset.SOPInstanceUID),
+            sop_class_uid=str(dataset.SOPClassUID),
+            modality=str(dataset.get("Modality", "")),
+            path=path.relative,
+            size_bytes=size,
+            fallback_for=fallback_for,
+        )
+
     def _run(self, job: ClaimedJob) -> None:
         started = time.perf_counter()
         log.info("job %d: %s on series %s (attempt %d)", job.id, job.pipeline, job.series_instance_uid, job.attempts)
@@ -89,20 +105,8 @@ class Worker:
             files = tuple(self.config.node.data_dir / p for p in self.queue.instance_paths(job.series_id))
             pipeline = self.pipeline(job.pipeline)
             result = pipeline.run(SourceSeries(series_instance_uid=job.series_instance_uid, files=files))
-            stored = []
-            for dataset in result.datasets:
-                path, size = self.outbox.write(dataset)
-                stored.append(
-                    StoredResult(
-                        study_instance_uid=str(dataset.StudyInstanceUID),
-                        series_instance_uid=str(dataset.SeriesInstanceUID),
-                        sop_instance_uid=str(dataset.SOPInstanceUID),
-                        sop_class_uid=str(dataset.SOPClassUID),
-                        modality=str(dataset.get("Modality", "")),
-                        path=path.relative,
-                        size_bytes=size,
-                    )
-                )
+            stored = [self._store(dataset) for dataset in result.datasets]
+            stored += [self._store(dataset, fallback_for=uid) for uid, dataset in result.fallbacks.items()]
         except PipelineRefusal as exc:
             log.warning("job %d: %s refused series %s: %s", job.id, job.pipeline, job.series_instance_uid, exc)
             self.queue.finish(job.id, self.owner, "refused", time.time(), error=str(exc))

@@ -45,6 +45,9 @@ class PipelineResult:
     datasets: list[Dataset]
     measurements: dict[str, float] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    #: Alternatives for archives that refuse a result's SOP class, keyed by the SOP Instance UID of
+    #: the object each replaces (e.g. a BINARY SEG for a LABELMAP SEG, and an SR that references it).
+    fallbacks: dict[str, Dataset] = field(default_factory=dict)
 
 
 class Pipeline(ABC):

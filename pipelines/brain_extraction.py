@@ -201,13 +201,21 @@ class BrainExtractionPipeline(Pipeline):
         identity = self.identity(series.series_instance_uid)
         labels = mask.astype(np.uint8)
         brain_volume_ml = float(np.count_nonzero(mask)) * volume.voxel_volume_ml
+        volumes = [SegmentVolume(1, BRAIN, brain_volume_ml)]
         seg = write_seg(volume, labels, [BRAIN], identity, seg_format=self.settings.seg_format)
         outputs: list[Dataset] = [seg]
+        fallbacks: dict[str, Dataset] = {}
+        if self.settings.seg_format == "labelmap":  # archives that refuse LABELMAP get BINARY/FRACTIONAL
+            fallback_seg = write_seg(volume, labels, [BRAIN], identity, seg_format="auto", uid_kind="seg-fallback")
+            fallbacks[seg.SOPInstanceUID] = fallback_seg
         if self.settings.write_sr:
-            outputs.append(
-                write_sr(volume.datasets, identity, seg=seg, volumes=[SegmentVolume(1, BRAIN, brain_volume_ml)])
-            )
+            sr = write_sr(volume.datasets, identity, seg=seg, volumes=volumes)
+            outputs.append(sr)
+            if fallbacks:
+                fallbacks[sr.SOPInstanceUID] = write_sr(volume.datasets, identity, seg=fallbacks[seg.SOPInstanceUID],
+                                                        volumes=volumes, uid_kind="sr-fallback")
         if self.settings.write_overlay:
             outputs.extend(write_overlay(volume, labels, [BRAIN.label], identity))
         timings["write"] = time.perf_counter() - start
-        return PipelineResult(datasets=outputs, measurements={"brain_volume_ml": brain_volume_ml}, timings_s=timings)
+        return PipelineResult(datasets=outputs, measurements={"brain_volume_ml": brain_volume_ml}, timings_s=timings,
+                              fallbacks=fallbacks)

@@ -57,12 +57,14 @@ def write_seg(
     identity: ResultIdentity,
     *,
     seg_format: SegFormat = "auto",
+    uid_kind: str = "seg",
 ) -> Dataset:
     """Write a SEG with one segment per ``segments`` entry.
 
     ``labels`` is an integer label map on the volume grid (shape ``volume.array.shape``, indexed
     (column, row, slice), 0 = background); segment ``n`` (1-based, in ``segments`` order) holds the
     voxels equal to ``segments[n-1].label``. Returns a highdicom ``Segmentation`` (a pydicom Dataset).
+    ``uid_kind`` names the object for its stable SOP Instance UID (another value for a fallback copy).
     """
     if labels.shape != volume.array.shape:
         raise ValueError(f"label map shape {labels.shape} differs from the volume shape {volume.array.shape}")
@@ -115,7 +117,7 @@ def write_seg(
         segment_descriptions=descriptions,
         series_instance_uid=identity.series_uid("seg"),
         series_number=SERIES_NUMBERS["seg"],
-        sop_instance_uid=identity.uid("seg", 0),
+        sop_instance_uid=identity.uid(uid_kind, 0),
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=identity.algorithm_name[:64],

@@ -67,8 +67,11 @@ def write_sr(
     volumes: Sequence[SegmentVolume] = (),
     findings: Sequence[ClassFinding] = (),
     procedure: hd.sr.CodedConcept = IMAGING_PROCEDURE,
+    uid_kind: str = "sr",
 ) -> Dataset:
     """Write a Comprehensive 3D SR (1.2.840.10008.5.1.4.1.1.88.34) for one source series.
+
+    ``uid_kind`` names the object for its stable SOP Instance UID (another value for a fallback copy).
 
     ``source_datasets`` are the source images (one per instance); ``seg`` is required when
     ``volumes`` is not empty, since each volume references its SEG segment.
@@ -143,7 +146,7 @@ def write_sr(
         content=report,
         series_instance_uid=identity.series_uid("sr"),
         series_number=SERIES_NUMBERS["sr"],
-        sop_instance_uid=identity.uid("sr", 0),
+        sop_instance_uid=identity.uid(uid_kind, 0),
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=True,

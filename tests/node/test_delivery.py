@@ -3,6 +3,7 @@ and wait out a PACS that is down, a node restart, and a give-up with `radnode re
 
 from __future__ import annotations
 
+import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pydicom
 import pytest
 
 from pipelines.nifti_series import write_nifti_as_series
-from tests.support.dcmtk import storescu
+from tests.support.dcmtk import DCMTK_ENV, require, storescu
 from tests.support.network import free_port
 from tests.support.orthanc import Orthanc
 
@@ -161,3 +162,48 @@ port = {free_port()}
         assert node.cli("echo", "unknown", check=False).returncode == 2
     finally:
         pacs.stop()
+
+
+def test_destination_that_refuses_labelmap_seg_gets_the_binary_seg_and_a_matching_sr(
+    radnode, mni_series, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    received = tmp_path / "storescp"
+    received.mkdir()
+    port = free_port()
+    # DCMTK 3.6.7 predates the LABELMAP SEG SOP class, so its storescp refuses that context.
+    scp = subprocess.Popen([require("storescp"), "-aet", "ORTHANC", "-od", str(received), str(port)],
+                           env=DCMTK_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        options = _node_options(port)
+        options["extra"] += '\n[pipelines.brain-extraction]\nkind = "brain-extraction"\nseg_format = "labelmap"\n'
+        node = radnode("node", **options)
+        header = pydicom.dcmread(mni_series[0], stop_before_pixels=True)
+
+        storescu(node.port, mni_series)
+        node.wait_for(lambda: (d := _delivery(node, header.SeriesInstanceUID)) and d["state"] == "done",
+                      timeout=240, interval=1.0, what="delivery to storescp")
+
+        objects = [pydicom.dcmread(p, stop_before_pixels=True) for p in received.iterdir()]
+        segs = [o for o in objects if o.Modality == "SEG"]
+        srs = [o for o in objects if o.Modality == "SR"]
+        assert [s.SOPClassUID for s in segs] == ["1.2.840.10008.5.1.4.1.1.66.4"]
+        assert len(srs) == 1
+        referenced = _referenced_uids(received)
+        assert segs[0].SOPInstanceUID in referenced
+        assert "sending the fallback objects" in node.log()
+    finally:
+        scp.terminate()
+        scp.wait(timeout=10)
+
+
+def _referenced_uids(folder: Path) -> set[str]:
+    """Every SOP Instance UID an SR in ``folder`` references in its evidence."""
+    uids: set[str] = set()
+    for path in folder.iterdir():
+        ds = pydicom.dcmread(path)
+        if ds.Modality != "SR":
+            continue
+        for study in ds.get("CurrentRequestedProcedureEvidenceSequence", []):
+            for series in study.ReferencedSeriesSequence:
+                uids.update(str(item.ReferencedSOPInstanceUID) for item in series.ReferencedSOPSequence)
+    return uids
