@@ -66,7 +66,7 @@ class NodeSettings(_Strict):
 class CompletionSettings(_Strict):
     """``[completion]``: when a series counts as complete (all seconds)."""
 
-    grace_s: float = Field(2.0, ge=0, description="after the sending association is released")
+    grace_s: float = Field(1.0, ge=0, description="after the sending association is released")
     quiet_s: float = Field(60.0, gt=0, description="with no new instance, whatever the association does")
     check_interval_s: float = Field(0.5, gt=0)
 
