@@ -56,6 +56,7 @@ class RadnodeProcess:
     workdir: Path
     config_text: str
     port: int
+    role: str = "all"
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -69,17 +70,19 @@ class RadnodeProcess:
     def start(self, timeout: float = 60.0) -> "RadnodeProcess":
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            [*RADNODE, "serve", "--config", str(self.config_path)],
+            [*RADNODE, "serve", "--config", str(self.config_path), "--role", self.role],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"radnode serve exited with {self.process.returncode}:\n{self.log()}")
-            if _listening(self.port):
+            if self.role == "worker" and "worker 0 ready" in self.log():
+                return self
+            if self.role != "worker" and _listening(self.port):
                 return self
             time.sleep(0.2)
-        raise RuntimeError(f"radnode serve did not listen within {timeout} s:\n{self.log()}")
+        raise RuntimeError(f"radnode serve ({self.role}) was not ready within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
