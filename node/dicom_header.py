@@ -8,6 +8,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from storage.index import ReceivedInstance
 from storage.uids import validate_uid
 
 _NEEDED = [
@@ -33,6 +34,23 @@ class InstanceIdentity:
     sop_class_uid: str
     modality: str
     transfer_syntax_uid: str
+
+    def received(self, relative_path: str, size_bytes: int, calling_ae_title: str, calling_host: str,
+                 received_at: float) -> ReceivedInstance:
+        """The index record of this instance, stored at ``relative_path`` (relative to data_dir)."""
+        return ReceivedInstance(
+            study_instance_uid=self.study_instance_uid,
+            series_instance_uid=self.series_instance_uid,
+            sop_instance_uid=self.sop_instance_uid,
+            sop_class_uid=self.sop_class_uid,
+            transfer_syntax_uid=self.transfer_syntax_uid,
+            modality=self.modality,
+            relative_path=relative_path,
+            size_bytes=size_bytes,
+            calling_ae_title=calling_ae_title,
+            calling_host=calling_host,
+            received_at=received_at,
+        )
 
 
 def read_identity(encoded_file: bytes) -> InstanceIdentity:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pynetdicom import evt
 from pynetdicom.events import Event
 
+from node import metrics
+from node.audit import AuditLog
 from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
-from storage.index import InstanceIndex, ReceivedInstance, RecordOutcome
+from storage.index import InstanceIndex, RecordOutcome
 from storage.spool import Spool
 from storage.uids import InvalidUID
 
@@ -46,8 +48,10 @@ class _AssociationTally:
 class StoreService:
     """Handlers bound to the SCP; one instance per receiver process, shared by its threads."""
 
-    def __init__(self, spool: Spool, index: InstanceIndex, min_free_bytes: int) -> None:
+    def __init__(self, spool: Spool, index: InstanceIndex, min_free_bytes: int,
+                 audit: AuditLog | None = None) -> None:
         self._spool = spool
+        self._audit = audit
         self._index = index
         self._min_free_bytes = min_free_bytes
         self._tallies: dict[int, _AssociationTally] = {}
@@ -88,12 +92,22 @@ class StoreService:
             "association from %s rejected in negotiation (called AE title not ours, or association limit reached)",
             assoc.requestor.address,
         )
+        metrics.ASSOCIATIONS.labels("rejected").inc()
+        if self._audit is not None:
+            self._audit.record("association", outcome="rejected", calling_ae_title=assoc.requestor.ae_title,
+                               address=assoc.requestor.address, instances=0, refused=0, bytes=0, duration_s=0.0)
 
     def _pop_tally(self, event: Event) -> _AssociationTally | None:
         with self._lock:
             return self._tallies.pop(id(event.assoc), None)
 
     def _log_association(self, tally: _AssociationTally, outcome: str) -> None:
+        metrics.ASSOCIATIONS.labels(outcome).inc()
+        if self._audit is not None:
+            self._audit.record("association", outcome=outcome, calling_ae_title=tally.calling_ae_title,
+                               address=tally.address, instances=tally.stored, refused=tally.refused,
+                               bytes=tally.bytes, series=len(tally.series_ids),
+                               duration_s=round(time.time() - tally.started, 3))
         log.info(
             "association %s: calling AE %r from %s, %d stored, %d refused, %d bytes, %.2f s",
             outcome,
@@ -112,11 +126,15 @@ class StoreService:
     def on_store(self, event: Event) -> int:
         requested_uid = str(event.request.AffectedSOPInstanceUID or "")
         tally = self._tallies.get(id(event.assoc))
+        started = time.perf_counter()
         try:
             status = self._store(event, requested_uid, tally)
         except Exception:
             log.exception("C-STORE of SOP Instance %s failed with an internal error", requested_uid)
             status = PROCESSING_FAILURE
+        metrics.CSTORE_SECONDS.observe(time.perf_counter() - started)
+        if status != SUCCESS:
+            metrics.INSTANCES_REFUSED.labels(f"0x{status:04X}").inc()
         if tally is not None and status != SUCCESS:
             tally.refused += 1
         return status
@@ -160,6 +178,8 @@ class StoreService:
             raise
         if outcome.reopened:
             log.info("series %s reopened by a late instance", identity.series_instance_uid)
+        metrics.INSTANCES_RECEIVED.inc()
+        metrics.BYTES_RECEIVED.inc(len(data))
         if tally is not None:
             tally.stored += 1
             tally.bytes += len(data)
@@ -169,17 +189,5 @@ class StoreService:
     def _record(self, event: Event, identity: InstanceIdentity, relative_path: str, size: int) -> RecordOutcome:
         assoc = event.assoc
         return self._index.record(
-            ReceivedInstance(
-                study_instance_uid=identity.study_instance_uid,
-                series_instance_uid=identity.series_instance_uid,
-                sop_instance_uid=identity.sop_instance_uid,
-                sop_class_uid=identity.sop_class_uid,
-                transfer_syntax_uid=identity.transfer_syntax_uid,
-                modality=identity.modality,
-                relative_path=relative_path,
-                size_bytes=size,
-                calling_ae_title=assoc.requestor.ae_title,
-                calling_host=assoc.requestor.address,
-                received_at=time.time(),
-            )
+            identity.received(relative_path, size, assoc.requestor.ae_title, assoc.requestor.address, time.time())
         )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from node.dicom_header import UnreadableDataset, read_identity
-from storage.index import InstanceIndex, ReceivedInstance
+from storage.index import InstanceIndex
 from storage.spool import Spool
 from storage.uids import InvalidUID
 
@@ -31,21 +31,7 @@ def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
         except (UnreadableDataset, InvalidUID) as exc:
             log.error("spool file %s is unreadable (%s); left in place for inspection", relative, exc)
             continue
-        index.record(
-            ReceivedInstance(
-                study_instance_uid=identity.study_instance_uid,
-                series_instance_uid=identity.series_instance_uid,
-                sop_instance_uid=identity.sop_instance_uid,
-                sop_class_uid=identity.sop_class_uid,
-                transfer_syntax_uid=identity.transfer_syntax_uid,
-                modality=identity.modality,
-                relative_path=relative,
-                size_bytes=len(data),
-                calling_ae_title="",
-                calling_host="",
-                received_at=path.stat().st_mtime,
-            )
-        )
+        index.record(identity.received(relative, len(data), "", "", path.stat().st_mtime))
         reindexed += 1
     if removed or reindexed:
         log.warning("spool recovery: %d partial files removed, %d instances re-indexed", removed, reindexed)
