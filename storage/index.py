@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, Integer, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Instance, Series, Study
@@ -39,13 +39,51 @@ class RecordOutcome:
 
 
 class InstanceIndex:
-    """Writes instance rows; keeps a per-process cache of series ids to skip lookups."""
+    """Writes instance rows; keeps a per-process cache of series ids to skip lookups.
+
+    The hot-path statements are built once with bound parameters: SQLAlchemy then reuses their
+    compiled form without rebuilding and re-hashing a statement per instance (that rebuild cost
+    about as much as the SQLite work itself, ~1 ms per instance on a 2-core machine).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._series_ids: dict[str, int] = {}
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._insert_instance = (
+            self._insert(Instance)
+            .values(
+                series_id=bindparam("series_id"),
+                sop_instance_uid=bindparam("sop_instance_uid"),
+                sop_class_uid=bindparam("sop_class_uid"),
+                transfer_syntax_uid=bindparam("transfer_syntax_uid"),
+                path=bindparam("path"),
+                size_bytes=bindparam("size_bytes"),
+                received_at=bindparam("received_at"),
+            )
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+            .returning(Instance.id)  # a row back = inserted (rowcount is not portable with RETURNING)
+        )
+        self._update_duplicate = (
+            update(Instance)
+            .where(Instance.sop_instance_uid == bindparam("uid"))
+            .values(size_bytes=bindparam("size"), received_at=bindparam("at"))
+        )
+        self._select_state = select(Series.state).where(Series.id == bindparam("sid"))
+        self._bump_series = (
+            update(Series)
+            .where(Series.id == bindparam("sid"))
+            .values(
+                instance_count=Series.instance_count + 1,
+                last_instance_at=bindparam("at"),
+                released_at=None,
+                state="receiving",
+                generation=Series.generation + bindparam("reopen", type_=Integer),
+                calling_ae_title=bindparam("ae"),
+                calling_host=bindparam("host"),
+            )
+        )
 
     def record(self, item: ReceivedInstance) -> RecordOutcome:
         """Index one instance whose file is already durable in the spool."""
@@ -54,41 +92,35 @@ class InstanceIndex:
             if series_id is None:
                 series_id = self._ensure_series(conn, item)
                 self._series_ids[item.series_instance_uid] = series_id
-            inserted = conn.execute(
-                self._insert(Instance)
-                .values(
-                    series_id=series_id,
-                    sop_instance_uid=item.sop_instance_uid,
-                    sop_class_uid=item.sop_class_uid,
-                    transfer_syntax_uid=item.transfer_syntax_uid,
-                    path=item.relative_path,
-                    size_bytes=item.size_bytes,
-                    received_at=item.received_at,
-                )
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-                .returning(Instance.id)  # rowcount of ON CONFLICT DO NOTHING is -1 under psycopg
+            inserted_row = conn.execute(
+                self._insert_instance,
+                {
+                    "series_id": series_id,
+                    "sop_instance_uid": item.sop_instance_uid,
+                    "sop_class_uid": item.sop_class_uid,
+                    "transfer_syntax_uid": item.transfer_syntax_uid,
+                    "path": item.relative_path,
+                    "size_bytes": item.size_bytes,
+                    "received_at": item.received_at,
+                },
             ).first()
-            if inserted is None:
+            if inserted_row is None:
                 conn.execute(
-                    update(Instance)
-                    .where(Instance.sop_instance_uid == item.sop_instance_uid)
-                    .values(size_bytes=item.size_bytes, received_at=item.received_at)
+                    self._update_duplicate,
+                    {"uid": item.sop_instance_uid, "size": item.size_bytes, "at": item.received_at},
                 )
                 return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
-            state = conn.execute(select(Series.state).where(Series.id == series_id)).scalar_one()
+            state = conn.execute(self._select_state, {"sid": series_id}).scalar_one()
             reopened = state == "complete"
             conn.execute(
-                update(Series)
-                .where(Series.id == series_id)
-                .values(
-                    instance_count=Series.instance_count + 1,
-                    last_instance_at=item.received_at,
-                    released_at=None,
-                    state="receiving",
-                    generation=Series.generation + (1 if reopened else 0),
-                    calling_ae_title=item.calling_ae_title,
-                    calling_host=item.calling_host,
-                )
+                self._bump_series,
+                {
+                    "sid": series_id,
+                    "at": item.received_at,
+                    "reopen": 1 if reopened else 0,
+                    "ae": item.calling_ae_title,
+                    "host": item.calling_host,
+                },
             )
             return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
 
