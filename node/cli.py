@@ -1,4 +1,4 @@
-"""The ``radnode`` command line: serve, check-config, status, retry, echo, demo."""
+"""The ``radnode`` command line: serve, check-config, status, retry, purge, echo, demo."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from node.cli_ml import add_ml_commands
 from node.config import Config, ConfigError, load_config
 
 
@@ -91,8 +92,25 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_purge(args: argparse.Namespace) -> int:
+    from node.retention import run_purge
+    from storage.database import create_database_engine, migrate
+
+    config = _load(args.config)
+    engine = create_database_engine(config.database_url)
+    migrate(engine)
+    purged = run_purge(config, engine, older_than_days=args.older_than, watermark_percent=None,
+                       dry_run=args.dry_run, via="cli")
+    for study in purged:
+        print(f"study {study.study_instance_uid}: {study.files} files, {study.bytes / 1e6:.1f} MB"
+              f"{' (dry run)' if args.dry_run else ''}")
+    print(f"{'would purge' if args.dry_run else 'purged'} {len(purged)} finished studies "
+          f"(processed and delivered, last activity over {args.older_than:g} days ago)")
+    return 0
+
+
 def _cmd_echo(args: argparse.Namespace) -> int:
-    from node.delivery import Address, DeliveryError, echo
+    from node.delivery import DeliveryError, address_of, echo
 
     config = _load(args.config)
     destination = next((d for d in config.destinations if d.name == args.name), None)
@@ -100,7 +118,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
         known = ", ".join(d.name for d in config.destinations) or "none configured"
         print(f"radnode: no destination named {args.name!r} (known: {known})", file=sys.stderr)
         return 2
-    address = Address(destination.ae_title, destination.host, destination.port)
+    address = address_of(destination)
     try:
         echo(address, config.node.ae_title, config.delivery.timeout_s)
     except DeliveryError as exc:
@@ -142,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("--delivery", type=int, action="append", help="a delivery id (repeatable)")
     retry.add_argument("--job", type=int, action="append", help="a job id (repeatable)")
     retry.set_defaults(func=_cmd_retry)
+    purge = add("purge", "delete spool and outbox files of processed and delivered studies")
+    purge.add_argument("--older-than", type=float, required=True, metavar="DAYS",
+                       help="last activity (instance, job, delivery) at least this many days ago; 0: all finished")
+    purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    purge.set_defaults(func=_cmd_purge)
     echo = add("echo", "check a destination with C-ECHO")
     echo.add_argument("name", help="a [[destinations]] name")
     echo.set_defaults(func=_cmd_echo)
@@ -149,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, default=Path("radnode-demo"),
                       help="folder for the demo's node data, PACS and outputs (emptied first)")
     demo.set_defaults(func=_cmd_demo)
+    add_ml_commands(commands, add)
     return parser
 
 

@@ -42,6 +42,15 @@ def _check_ae_title(value: str) -> str:
 AETitle = Annotated[str, Field(min_length=1, max_length=16)]
 
 
+class TLSSettings(_Strict):
+    """``[node.tls]``: DICOM TLS (PS3.15 B.1, BCP 195: TLS 1.2+) on ``port``, beside the plain port."""
+
+    port: int = Field(ge=1, le=65535)
+    certificate: Path = Field(description="PEM server certificate (chain)")
+    private_key: Path = Field(description="PEM private key of the certificate")
+    client_ca: Path | None = Field(None, description="set: clients must present a certificate signed by this CA")
+
+
 class NodeSettings(_Strict):
     """``[node]``: the Storage SCP itself (PS3.4 Annex B) and where it keeps its data."""
 
@@ -59,8 +68,19 @@ class NodeSettings(_Strict):
     )
     receivers: int = Field(1, ge=1, le=16, description="receiver processes sharing the port (SO_REUSEPORT)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    max_pdu_kb: int = Field(4096, ge=64, le=1048576, description="advertised Maximum Length; longer PDUs end the association")
+    max_dataset_mb: int = Field(1024, ge=1, description="a larger C-STORE dataset answers 0xA701 (node/limits.py)")
+    max_element_mb: int = Field(1024, ge=1, description="a longer declared element length answers 0xC004")
+    max_inflated_mb: int = Field(1024, ge=1, description="a deflated dataset inflating beyond this answers 0xC005")
+    tls: TLSSettings | None = None
 
     _ae = field_validator("ae_title")(_check_ae_title)
+
+    @model_validator(mode="after")
+    def _tls_port_differs(self) -> "NodeSettings":
+        if self.tls is not None and self.tls.port == self.port:
+            raise ValueError("node.tls.port: must differ from node.port (plain and TLS listen side by side)")
+        return self
 
 
 class CompletionSettings(_Strict):
@@ -123,6 +143,11 @@ class DestinationSettings(_Strict):
     host: str
     port: int = Field(ge=1, le=65535)
     max_associations: int = Field(2, ge=1, le=64)
+    tls: bool = Field(False, description="DICOM TLS (PS3.15 B.1) towards this destination")
+    tls_ca: Path | None = Field(None, description="CA file that signed the destination's certificate; empty: system CAs")
+    tls_certificate: Path | None = Field(None, description="our client certificate, when the destination asks for one")
+    tls_private_key: Path | None = None
+    tls_verify_hostname: bool = True
 
     _ae = field_validator("ae_title")(_check_ae_title)
 
@@ -166,6 +191,33 @@ class RouteSettings(_Strict):
         return value
 
 
+class WebSettings(_Strict):
+    """``[web]``: status page, JSON API and /metrics (node/web.py), in a process of its own.
+
+    Every route but ``/healthz`` needs the token (``Authorization: Bearer <token>``, or the cookie
+    that ``/login`` sets). ``token`` empty: the environment variable ``RADNODE_WEB_TOKEN`` is used;
+    with neither, the web process answers 503 on every route but ``/healthz``."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    token: str = Field("", description="empty: $RADNODE_WEB_TOKEN; keep it out of version control")
+    refresh_s: int = Field(10, ge=1, le=3600, description="the status page reloads itself this often")
+
+
+class RetentionSettings(_Strict):
+    """``[retention]``: deleting spool and outbox files of studies that are fully processed and delivered.
+
+    Never touched: a study with a series still receiving, a job not finished (queued, running,
+    failed) or a delivery not done."""
+
+    max_age_days: float = Field(30.0, ge=0, description="0: never by age; age counts from the last activity")
+    disk_watermark_percent: float = Field(
+        90.0, gt=0, le=100, description="above this much disk use in data_dir, the oldest finished studies go first"
+    )
+    check_interval_s: float = Field(300.0, gt=0)
+
+
 class Config(_Strict):
     """The whole config.toml."""
 
@@ -173,6 +225,8 @@ class Config(_Strict):
     completion: CompletionSettings = CompletionSettings()
     workers: WorkerSettings = WorkerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    web: WebSettings = WebSettings()
+    retention: RetentionSettings = RetentionSettings()
     peers: list[PeerSettings] = Field(default_factory=list)
     destinations: list[DestinationSettings] = Field(default_factory=list)
     routes: list[RouteSettings] = Field(default_factory=list)
@@ -234,9 +288,29 @@ def _resolve_paths(config: Config, base: Path) -> Config:
         if path is not None and not path.is_absolute():
             settings = settings.model_copy(update={"path": (base / path).resolve()})
         pipelines[name] = settings
+    node_update: dict[str, object] = {"data_dir": data_dir.resolve()}
+    if config.node.tls is not None:
+        node_update["tls"] = _resolve_files(config.node.tls, base)
     return config.model_copy(
-        update={"node": config.node.model_copy(update={"data_dir": data_dir.resolve()}), "pipelines": pipelines}
+        update={"node": config.node.model_copy(update=node_update), "pipelines": pipelines,
+                "destinations": [_resolve_files(d, base) for d in config.destinations]}
     )
+
+
+def _resolve_files(settings: _Strict, base: Path) -> _Strict:
+    """Resolve the relative Path fields of a table (TLS files) against the config's folder."""
+    update = {name: (base / value).resolve() for name, value in settings if isinstance(value, Path)
+              and not value.is_absolute()}
+    return settings.model_copy(update=update) if update else settings
+
+
+def _missing_files(config: Config) -> list[tuple[str, str]]:
+    """Key paths of TLS files that cannot be read (checked after paths are resolved)."""
+    tables: list[tuple[str, _Strict]] = [(f"destinations[{i}]", d) for i, d in enumerate(config.destinations)]
+    if config.node.tls is not None:
+        tables.insert(0, ("node.tls", config.node.tls))
+    return [(f"{prefix}.{name}", f"file not found: {value}") for prefix, table in tables for name, value in table
+            if isinstance(value, Path) and not value.is_file()]
 
 
 def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
@@ -258,7 +332,11 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
                 path, reason = reason.split(": ", 1)  # cross-reference checks name their own key
             problems.append((path, reason))
         raise ConfigError(source, problems) from None
-    return _resolve_paths(config, base_dir or Path.cwd())
+    config = _resolve_paths(config, base_dir or Path.cwd())
+    missing = _missing_files(config)
+    if missing:
+        raise ConfigError(source, missing)
+    return config
 
 
 def load_config(path: Path) -> Config:

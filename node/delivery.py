@@ -8,6 +8,7 @@ destination refuses (e.g. LABELMAP SEG) is replaced by its fallback (e.g. BINARY
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,8 +20,10 @@ from pynetdicom import AE
 from pynetdicom.presentation import build_context
 from sqlalchemy import Engine
 
-from node.config import Config, DeliverySettings
+from node.audit import AuditLog
+from node.config import Config, DeliverySettings, DestinationSettings
 from node.peers import PeerPolicy
+from node.tls import client_context
 from storage.deliveries import ClaimedDelivery, DeliveryQueue, DeliveryTarget, ResultFile
 
 log = logging.getLogger("radnode.delivery")
@@ -35,6 +38,20 @@ class Address:
     ae_title: str
     host: str
     port: int
+    tls: ssl.SSLContext | None = None  # DICOM TLS (PS3.15 B.1) when set
+
+    def tls_args(self) -> tuple[ssl.SSLContext, str] | None:
+        """pynetdicom's ``tls_args``: the context and the host name its certificate must match."""
+        return (self.tls, self.host) if self.tls is not None else None
+
+
+def address_of(destination: DestinationSettings) -> Address:
+    """Where a ``[[destinations]]`` entry is reached, with its TLS context when ``tls = true``."""
+    context = None
+    if destination.tls:
+        context = client_context(destination.tls_ca, destination.tls_certificate, destination.tls_private_key,
+                                 destination.tls_verify_hostname, f"destinations.{destination.name}")
+    return Address(destination.ae_title, destination.host, destination.port, context)
 
 
 def targets_for(config: Config, send_to: tuple[str, ...], calling_ae_title: str, calling_host: str) -> list[DeliveryTarget]:
@@ -62,7 +79,7 @@ def resolve(config: Config, delivery: ClaimedDelivery) -> Address:
         return Address(delivery.ae_title, delivery.host, peer.port)
     for destination in config.destinations:
         if destination.name == delivery.destination:
-            return Address(destination.ae_title, destination.host, destination.port)
+            return address_of(destination)
     raise DeliveryError(f"destination {delivery.destination!r} is no longer in the configuration")
 
 
@@ -82,7 +99,7 @@ def send_files(address: Address, files: list[ResultFile], data_dir: Path, own_ae
     ae = AE(ae_title=own_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.requested_contexts = [build_context(sop_class, syntax) for sop_class, syntax in sorted(set(keys.values()))]
-    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title, tls_args=address.tls_args())
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "no answer or aborted"
         raise DeliveryError(f"association with {address.ae_title}@{address.host}:{address.port} failed ({reason})")
@@ -122,7 +139,7 @@ def echo(address: Address, own_ae_title: str, timeout_s: float) -> None:
     ae = AE(ae_title=own_ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context("1.2.840.10008.1.1")
-    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+    assoc = ae.associate(address.host, address.port, ae_title=address.ae_title, tls_args=address.tls_args())
     if not assoc.is_established:
         raise DeliveryError(f"no association with {address.ae_title}@{address.host}:{address.port}")
     try:
@@ -145,6 +162,7 @@ class Deliverer:
         self._config = config
         self._queue = DeliveryQueue(engine, config.delivery.give_up_after_s)
         self._owner = owner
+        self._audit = AuditLog(config.node.data_dir)
         self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="delivery")
         self._busy: dict[str, int] = {}
         self._lock = threading.Lock()
@@ -178,18 +196,28 @@ class Deliverer:
             sent = send_files(address, files, self._config.node.data_dir, self._config.node.ae_title,
                               self._config.delivery.timeout_s)
             self._queue.mark_done(delivery.id, self._owner, time.time())
+            self._record(delivery, "done", started, objects=sent)
             log.info("delivery %d (job %d) to %s: %d objects in %.2f s", delivery.id, delivery.job_id,
                      delivery.destination, sent, time.perf_counter() - started)
         except Exception as exc:  # every failure is recorded and retried; nothing is dropped
             message = str(exc) if isinstance(exc, DeliveryError) else f"{type(exc).__name__}: {exc}"
             delay = retry_delay(self._config.delivery, delivery.attempts)
             state = self._queue.mark_failed(delivery, self._owner, message, delay, time.time())
+            self._record(delivery, "dead" if state == "dead" else "retry", started, objects=0,
+                         error=message if isinstance(exc, DeliveryError) else type(exc).__name__)
             log.warning("delivery %d (job %d) to %s failed (attempt %d): %s; now %s%s", delivery.id,
                         delivery.job_id, delivery.destination, delivery.attempts, message, state,
                         f", next try in {delay:.0f} s" if state == "pending" else "")
         finally:
             with self._lock:
                 self._busy[delivery.destination] -= 1
+
+    def _record(self, delivery: ClaimedDelivery, outcome: str, started: float, **fields: object) -> None:
+        """Audit one delivery attempt: where to, how many objects, the outcome and seconds."""
+        self._audit.record("delivery", delivery_id=delivery.id, job_id=delivery.job_id,
+                           destination=delivery.destination, ae_title=delivery.ae_title, host=delivery.host,
+                           outcome=outcome, attempt=delivery.attempts,
+                           seconds=round(time.perf_counter() - started, 3), **fields)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -109,10 +110,12 @@ def _sr_volume_ml(sr: Dataset) -> float | None:
     return None
 
 
-def _config_text(port: int, pacs_port: int) -> str:
-    """The shipped config.toml with the demo's ports, data folder and destination."""
+def _config_text(port: int, pacs_port: int, web_port: int, web_token: str) -> str:
+    """The shipped config.toml with the demo's ports, web token and destination."""
     text = (REPO / "config.toml").read_text()
     text = text.replace("port = 11112", f"port = {port}", 1)
+    text = text.replace("port = 8080", f"port = {web_port}", 1)
+    text = text.replace('token = ""', f'token = "{web_token}"', 1)
     text = text.replace('send_to = []', 'send_to = ["demo-pacs"]', 1)
     return text + f"""
 [[destinations]]
@@ -139,9 +142,9 @@ def run_demo(workdir: Path, timeout_s: float = 600.0) -> int:
     workdir.mkdir(parents=True)
     print(f"radnode demo: working in {workdir}")
     pacs = LocalPacs(workdir / "pacs").start()
-    port = _free_port()
+    port, web_port, web_token = _free_port(), _free_port(), secrets.token_urlsafe(16)
     config_path = workdir / "config.toml"
-    config_path.write_text(_config_text(port, pacs.port))
+    config_path.write_text(_config_text(port, pacs.port, web_port, web_token))
     print("  1/4 writing the MNI152 T1 head as a DICOM MR series ...")
     source = write_nifti_as_series(SAMPLE, workdir / "source", patient_name="Demo^MNI152", patient_id="DEMO-0001",
                                    series_description="T1 MNI152 demo")
@@ -150,6 +153,7 @@ def run_demo(workdir: Path, timeout_s: float = 600.0) -> int:
                             stdout=log, stderr=subprocess.STDOUT, cwd=workdir, start_new_session=True)
     try:
         _wait_listening(port, node, workdir)
+        print(f"      status page while the demo runs: http://127.0.0.1:{web_port}/login?token={web_token}")
         print(f"  2/4 sending {len(source)} images to the node (AE RADNODE, port {port}) ...")
         last_image = _send_series(port, source)
         print("  3/4 waiting for completion, brain extraction and delivery to the local PACS ...")

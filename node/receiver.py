@@ -4,7 +4,10 @@ Status codes (PS3.4 B.2.3 and PS3.7 C.4.2): 0x0000 only once the file is fsynced
 and indexed; 0xA700 when free disk is below the watermark (nothing is touched); 0xC001 for a
 dataset that cannot be parsed, 0xC002 for a missing or malformed UID, 0xC003 when the dataset's
 SOP Instance UID differs from the request's; 0x0110 (processing failure) for an internal error,
-which is logged with the SOP Instance UID. Nothing of a refused dataset stays in the spool.
+which is logged with the SOP Instance UID. Input limits (node/limits.py): 0xA701 for a dataset
+above ``max_dataset_mb``, 0xC004 for an element length above ``max_element_mb``, 0xC005 for a
+deflated dataset inflating beyond ``max_inflated_mb``, 0xC001 for a malformed element structure.
+Nothing of a refused dataset stays in the spool.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pynetdicom.events import Event
 from node import metrics
 from node.audit import AuditLog
 from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
+from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
 from storage.index import InstanceIndex, RecordOutcome
 from storage.spool import Spool
 from storage.uids import InvalidUID
@@ -49,8 +53,9 @@ class StoreService:
     """Handlers bound to the SCP; one instance per receiver process, shared by its threads."""
 
     def __init__(self, spool: Spool, index: InstanceIndex, min_free_bytes: int,
-                 audit: AuditLog | None = None) -> None:
+                 audit: AuditLog | None = None, limits: DatasetLimits | None = None) -> None:
         self._spool = spool
+        self._limits = limits or DatasetLimits()
         self._audit = audit
         self._index = index
         self._min_free_bytes = min_free_bytes
@@ -140,7 +145,16 @@ class StoreService:
         return status
 
     def _store(self, event: Event, requested_uid: str, tally: _AssociationTally | None) -> int:
+        refused = take_refusal(event.assoc, event.request.MessageID)  # decided while it arrived
+        if refused is not None:
+            log.warning("refused SOP Instance %s: %s", requested_uid[:80], refused.reason)
+            return refused.status
         data = event.encoded_dataset()
+        try:
+            check_dataset(data, self._limits)  # before pydicom parses anything or a byte is written
+        except DatasetRefused as exc:
+            log.warning("refused SOP Instance %s: %s", requested_uid[:80], exc.reason)
+            return exc.status
         try:
             identity = read_identity(data)
         except UnreadableDataset as exc:

@@ -8,11 +8,15 @@ import signal
 import time
 from multiprocessing.synchronize import Event as StopEvent
 
+from node.audit import AuditLog
 from node.config import Config
+from node.limits import DatasetLimits
 from node.logs import configure_logging
 from node.peers import PeerPolicy
+from node import pynetdicom_tuning
 from node.receiver import StoreService
 from node.scp import build_application_entity, start_server
+from node.tls import server_context
 from storage.database import create_database_engine
 from storage.index import InstanceIndex
 from storage.spool import Spool
@@ -32,17 +36,35 @@ def run_receiver(config: Config, stop: StopEvent, share_port: bool) -> None:
         spool=Spool(config.node.data_dir),
         index=InstanceIndex(engine),
         min_free_bytes=config.node.min_free_disk_mb * 2**20,
+        audit=AuditLog(config.node.data_dir),
+        limits=DatasetLimits.from_megabytes(config.node.max_pdu_kb, config.node.max_dataset_mb,
+                                            config.node.max_element_mb, config.node.max_inflated_mb),
     )
+    tuned = pynetdicom_tuning.apply()  # this process only: see the module docstring
     ae = build_application_entity(config.node, config.node.receivers)
-    server = start_server(ae, config.node, PeerPolicy(tuple(config.peers)), service.handlers(), share_port)
+    policy = PeerPolicy(tuple(config.peers))
+    servers = [start_server(ae, config.node, policy, service.handlers(), share_port)]
+    tls = config.node.tls
+    if tls is not None:  # same AE, so max_associations counts plain and TLS associations together
+        context = server_context(tls.certificate, tls.private_key, tls.client_ca)
+        servers.append(start_server(ae, config.node, policy, service.handlers(), share_port,
+                                    port=tls.port, ssl_context=context))
+        log.info("DICOM TLS on %s:%d (client certificates %s)", config.node.host, tls.port,
+                 "required" if tls.client_ca else "not required")
     log.info(
-        "listening on %s:%d as AE %r (pid %d)", config.node.host, config.node.port, config.node.ae_title, os.getpid()
+        "listening on %s:%d as AE %r (pid %d, pynetdicom tuning %s)",
+        config.node.host,
+        config.node.port,
+        config.node.ae_title,
+        os.getpid(),
+        "on" if tuned else "off",
     )
     while not stop.wait(0.5):
         if os.getppid() != parent:  # the supervisor died: do not linger as an orphan
             log.error("supervisor is gone; receiver exits")
             os._exit(1)
-    server.shutdown()  # stop accepting; let open associations finish
+    for server in servers:
+        server.shutdown()  # stop accepting; let open associations finish
     deadline = time.monotonic() + DRAIN_SECONDS
     while ae.active_associations and time.monotonic() < deadline:
         time.sleep(0.1)

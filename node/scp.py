@@ -5,6 +5,12 @@ Built on pynetdicom with three small, isolated choices:
   caller gets A-ASSOCIATE-RJ "rejected-permanent / service-user / calling-AE-title-not-recognized"
   (PS3.8 9.3.4) even when only its host is wrong;
 - the listening socket may be shared by several receiver processes (SO_REUSEPORT);
+- a second server on ``[node.tls] port`` speaks DICOM TLS (PS3.15 B.1, node/tls.py); its TLS
+  handshake runs on the connection's own thread with the ACSE timeout, so a silent client cannot
+  block the acceptor; every accepted socket gets the network timeout, so a peer that stalls in
+  the middle of a PDU is disconnected instead of holding a thread forever;
+- every accepted association is bounded by node/limits.py (PDU length, command and dataset bytes);
+- accepted associations wait on events instead of 1 ms polls (node/pynetdicom_tuning.py);
 - unrestricted storage: any storage, private or unknown SOP class is accepted in the first
   transfer syntax the caller proposes, and stored exactly as received.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
 from typing import Any, Callable
 
@@ -22,7 +29,9 @@ from pynetdicom.events import Event
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
+from node.limits import DatasetLimits, guard_association
 from node.peers import PeerPolicy
+from node.pynetdicom_tuning import TunedRequestHandler
 
 log = logging.getLogger("radnode.receiver")
 
@@ -48,11 +57,23 @@ def peer_policy_handler(policy: PeerPolicy) -> Callable[[Event], None]:
     return _check
 
 
+class _GuardedRequestHandler(TunedRequestHandler):
+    """Each accepted association gets the input limits of node/limits.py before it starts."""
+
+    def _create_association(self):  # type: ignore[no-untyped-def]
+        assoc = super()._create_association()
+        guard_association(assoc, self.server.limits)
+        return assoc
+
+
 class _SharedPortServer(ThreadedAssociationServer):
     """Association server whose socket can be shared by several processes (SO_REUSEPORT)."""
 
     reuse_port = False
     daemon_threads = True
+    limits = DatasetLimits()
+    handshake_timeout_s = 30.0
+    peer_timeout_s = 60.0
 
     def server_bind(self) -> None:
         if self.reuse_port:
@@ -60,13 +81,33 @@ class _SharedPortServer(ThreadedAssociationServer):
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         super().server_bind()
 
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        """Accept; wrap in TLS without handshaking here (that happens on the connection's thread)."""
+        client, address = self.socket.accept()
+        client.settimeout(self.peer_timeout_s)
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        return client, address
+
+    def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        if isinstance(request, ssl.SSLSocket):
+            try:
+                request.settimeout(self.handshake_timeout_s)
+                request.do_handshake()
+                request.settimeout(self.peer_timeout_s)
+            except (OSError, ValueError) as exc:  # ssl.SSLError, timeout, reset: no association
+                log.warning("TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
 
 def build_application_entity(settings: NodeSettings, receivers: int) -> AE:
     """An AE configured from ``[node]``: called AE title enforced, timeouts and limits set."""
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class (see module doc)
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = True
-    ae.maximum_pdu_size = 0  # no limit: fewer, larger PDUs
+    ae.maximum_pdu_size = settings.max_pdu_kb * 1024  # advertised; longer PDUs are refused (node/limits.py)
     ae.acse_timeout = settings.acse_timeout_s
     ae.dimse_timeout = settings.dimse_timeout_s
     ae.network_timeout = settings.network_timeout_s
@@ -81,18 +122,31 @@ def start_server(
     policy: PeerPolicy,
     handlers: list[tuple[Any, Any]],
     share_port: bool,
+    *,
+    port: int | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
-    """Start listening on ``[node] host:port`` in a background thread and return the server."""
-    server_class = type("RadnodeServer", (_SharedPortServer,), {"reuse_port": share_port})
+    """Start listening on ``[node] host:port`` (or ``port``, with TLS when ``ssl_context`` is given)
+    in a background thread and return the server."""
+    server_class = type("RadnodeServer", (_SharedPortServer,), {
+        "reuse_port": share_port,
+        "limits": DatasetLimits.from_megabytes(
+            settings.max_pdu_kb, settings.max_dataset_mb, settings.max_element_mb, settings.max_inflated_mb
+        ),
+        "handshake_timeout_s": settings.acse_timeout_s,
+        "peer_timeout_s": settings.network_timeout_s,
+    })
     server = server_class(
         ae,
-        (settings.host, settings.port),
+        (settings.host, port or settings.port),
         settings.ae_title,
         ae.supported_contexts,
-        None,
+        ssl_context,
         evt_handlers=[(evt.EVT_REQUESTED, peer_policy_handler(policy)), *handlers],
+        request_handler=_GuardedRequestHandler,  # limits, and event-driven waits once tuning is applied
     )
-    thread = threading.Thread(target=server.serve_forever, name="radnode-acceptor", daemon=True)
+    name = "radnode-acceptor-tls" if ssl_context else "radnode-acceptor"
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     ae._servers.append(server)
     return server

@@ -20,9 +20,10 @@ from typing import Any, Callable, Literal
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from node.completion import CompletionChecker
-from node.delivery import Address, Deliverer, echo
+from node.delivery import Deliverer, address_of, echo
 from node.config import Config
 from node.logs import configure_logging
+from node.metrics import prepare_multiprocess_dir
 from node.recovery import recover_spool
 from node.receiver_process import run_receiver
 from storage.database import create_database_engine, migrate
@@ -56,6 +57,7 @@ class Supervisor:
         """Schema and spool recovery, before anything listens."""
         data_dir = self.config.node.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        prepare_multiprocess_dir(data_dir)  # before any child starts: they inherit it (node/metrics.py)
         engine = create_database_engine(self.config.database_url)
         migrate(engine)
         if self.role in ("all", "receiver"):
@@ -69,6 +71,10 @@ class Supervisor:
             share = self.config.node.receivers > 1
             for index in range(self.config.node.receivers):
                 self._children.append(_Child(f"receiver-{index}", run_receiver, (self.config, self._stop, share)))
+            if self.config.web.enabled:
+                from node.web import run_web
+
+                self._children.append(_Child("web", run_web, (self.config, self._stop)))
         if self.role in ("all", "worker"):
             from node.worker import run_worker
 
@@ -110,6 +116,11 @@ class Supervisor:
                 coalesce=True,
                 id="completion",
             )
+            from node.retention import RetentionJob
+
+            scheduler.add_job(RetentionJob(self.config, engine).run, "interval",
+                              seconds=self.config.retention.check_interval_s, max_instances=1, coalesce=True,
+                              id="retention")
         deliverer: Deliverer | None = None
         if self.role in ("all", "worker"):
             deliverer = Deliverer(self.config, engine, owner=f"{socket.gethostname()}:{os.getpid()}:delivery")
@@ -145,7 +156,7 @@ class Supervisor:
 def check_destinations(config: Config) -> None:
     """C-ECHO every destination once at start-up and log the ones that do not answer."""
     for destination in config.destinations:
-        address = Address(destination.ae_title, destination.host, destination.port)
+        address = address_of(destination)
         try:
             echo(address, config.node.ae_title, timeout_s=5)
             log.info("destination %s (%s@%s:%d) answers C-ECHO", destination.name, address.ae_title,

@@ -17,6 +17,8 @@ from multiprocessing.synchronize import Event as StopEvent
 
 from pydicom.dataset import Dataset
 
+from node import metrics
+from node.audit import AuditLog
 from node.config import Config
 from node.delivery import targets_for
 from node.logs import configure_logging
@@ -42,6 +44,7 @@ class Worker:
         self.engine = create_database_engine(config.database_url)
         self.queue = JobQueue(self.engine, config.workers.max_attempts)
         self.outbox = Outbox(config.node.data_dir)
+        self.audit = AuditLog(config.node.data_dir)
         self.runtime = RuntimeOptions(device=config.workers.device, torch_threads=config.workers.torch_threads)
         self._pipelines: dict[str, Pipeline] = {}
 
@@ -110,12 +113,14 @@ class Worker:
         except PipelineRefusal as exc:
             log.warning("job %d: %s refused series %s: %s", job.id, job.pipeline, job.series_instance_uid, exc)
             self.queue.finish(job.id, self.owner, "refused", time.time(), error=str(exc))
+            self._audit(job, "refused", started)
             return
         except Exception as exc:
             log.exception("job %d: %s failed on series %s", job.id, job.pipeline, job.series_instance_uid)
             retry_at = time.time() + RETRY_BASE_DELAY_S * 2 ** (job.attempts - 1)
             state = self.queue.fail(job.id, self.owner, f"{type(exc).__name__}: {exc}", retry_at, time.time())
             log.info("job %d is now %s", job.id, state)
+            self._audit(job, "failed" if state == "failed" else "retry", started, error_type=type(exc).__name__)
             return
         targets = targets_for(self.config, job.send_to, job.calling_ae_title, job.calling_host)
         timings = {**result.timings_s, "total": time.perf_counter() - started}
@@ -124,6 +129,8 @@ class Worker:
         if ids is None:
             log.error("job %d: lease lost before the results were recorded; another worker owns it", job.id)
             return
+        metrics.INFERENCE_SECONDS.labels(job.pipeline).observe(timings["total"])
+        self._audit(job, "succeeded", started, results=len(stored), deliveries=[t.destination for t in targets])
         log.info(
             "job %d: %d result objects in %.1f s %s",
             job.id,
@@ -131,6 +138,14 @@ class Worker:
             time.perf_counter() - started,
             {k: round(v, 1) for k, v in result.measurements.items()},
         )
+
+
+    def _audit(self, job: ClaimedJob, state: str, started: float, **fields: object) -> None:
+        """One audit record per job outcome: UIDs, counts and seconds, no error text (it may quote data)."""
+        self.audit.record("job", job_id=job.id, pipeline=job.pipeline, study_instance_uid=job.study_instance_uid,
+                          series_instance_uid=job.series_instance_uid,
+                          state=state, attempt=job.attempts, seconds=round(time.perf_counter() - started, 3),
+                          **fields)
 
 
 def run_worker(config: Config, stop: StopEvent, index: int) -> None:

@@ -22,6 +22,8 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(String(UID_LENGTH), unique=True)
     first_received_at: Mapped[float] = mapped_column(Float)
+    # when retention last deleted the study's spool and outbox files (storage/retention.py); rows stay
+    purged_at: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class Series(Base):

@@ -22,6 +22,7 @@ def base_config(port: int, data_dir: Path, *, extra: str = "", ae_title: str = "
                 database_url: str = "", min_free_disk_mb: int = 1, receivers: int = 1) -> str:
     """A config.toml text for tests: small timeouts, no workers unless asked (or given in ``extra``)."""
     workers_table = f"[workers]\ncount = {workers}\ntorch_threads = 1\nlease_s = 30\npoll_interval_s = 0.1\n"
+    web_table = "[web]\nenabled = false\n"  # tests that want the web process give their own [web] (free port)
     return f"""
 [node]
 ae_title = "{ae_title}"
@@ -39,6 +40,7 @@ quiet_s = {quiet_s}
 check_interval_s = 0.2
 
 {"" if "[workers]" in extra else workers_table}
+{"" if "[web]" in extra else web_table}
 {extra}
 """
 

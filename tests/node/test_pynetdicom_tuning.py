@@ -1,0 +1,152 @@
+"""node/pynetdicom_tuning.py: the receiver runs with event-driven pynetdicom waits and still
+stores every instance exactly as received, released and aborted associations included."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom import association as association_module
+from pynetdicom import dul as dul_module
+from pynetdicom.sop_class import CTImageStorage, Verification
+
+from node import pynetdicom_tuning
+from tests.support.dcmtk import DCMTK_ENV, parse_acknowledged, storescu_command
+from tests.support.network import free_port
+from tests.support.series import dataset_bytes, write_series
+
+
+def _stored_path(node, path: Path) -> Path:  # type: ignore[no-untyped-def]
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return node.data_dir / "spool" / ds.StudyInstanceUID / ds.SeriesInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+
+
+def test_receiver_logs_that_the_tuning_is_on_and_stores_a_study_byte_identical(radnode, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    node = radnode()
+    study_uid = pydicom.uid.generate_uid()
+    files = (write_series(tmp_path / "a", 40, study_uid=study_uid, size=128, seed=11)
+             + write_series(tmp_path / "b", 25, study_uid=study_uid, size=96, seed=12))
+    # two associations at once, so the waits of concurrent associations cannot cross
+    senders = [subprocess.Popen(storescu_command(node.port, part), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=DCMTK_ENV)
+               for part in (files[0::2], files[1::2])]
+    outputs = [sender.communicate(timeout=120)[0] for sender in senders]
+
+    assert "pynetdicom tuning on" in node.log()
+    assert all(sender.returncode == 0 for sender in senders), outputs
+    assert sum(len(parse_acknowledged(output)) for output in outputs) == len(files)
+    for path in files:
+        assert dataset_bytes(_stored_path(node, path)) == dataset_bytes(path)
+    studies = node.status()["studies"]
+    assert sorted(s["instance_count"] for s in studies[0]["series"]) == [25, 40]
+
+
+def test_tuning_can_be_switched_off_for_comparisons(tmp_path: Path) -> None:
+    from tests.support.node_process import RadnodeProcess, base_config
+
+    port = free_port()
+    node = RadnodeProcess(workdir=tmp_path / "off", config_text=base_config(port, tmp_path / "off" / "data"), port=port)
+    os.environ["RADNODE_PYNETDICOM_TUNING"] = "0"
+    try:
+        node.start()
+    finally:
+        del os.environ["RADNODE_PYNETDICOM_TUNING"]
+    try:
+        files = write_series(tmp_path / "s", 3, seed=13)
+        output = subprocess.run(storescu_command(port, files), capture_output=True, text=True,
+                                env=DCMTK_ENV, timeout=60)
+        assert len(parse_acknowledged(output.stdout + output.stderr)) == 3
+        assert "pynetdicom tuning off" in node.log()
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def tuned_scp():  # type: ignore[no-untyped-def]
+    """An in-process SCP built as the receiver builds it, recording each C-STORE's bytes."""
+    from node.scp import _SharedPortServer
+    from node.pynetdicom_tuning import TunedRequestHandler
+
+    assert pynetdicom_tuning.apply()
+    received: dict[str, bytes] = {}
+    threads: list[threading.Thread] = []
+
+    def on_store(event):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread())
+        received[str(event.request.AffectedSOPInstanceUID)] = bytes(event.encoded_dataset())
+        return 0x0000
+
+    ae = AE(ae_title="TUNED")
+    ae.add_supported_context(Verification)
+    ae.add_supported_context(CTImageStorage)
+    port = free_port()
+    server = _SharedPortServer(ae, ("127.0.0.1", port), "TUNED", ae.supported_contexts, None,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store)], request_handler=TunedRequestHandler)
+    ae._servers.append(server)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield port, received, threads
+    ae.shutdown()
+
+
+def test_accepted_associations_wait_on_events_and_other_threads_sleep_normally(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the files' own bytes
+    assert pynetdicom_tuning.is_applied()
+    assert isinstance(dul_module.time, pynetdicom_tuning._TimeProxy)
+    assert isinstance(association_module.time, pynetdicom_tuning._TimeProxy)
+    assert association_module.time.monotonic() > 0  # the rest of ``time`` is the real module
+
+    files = write_series(tmp_path / "s", 30, size=256, seed=14)
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    # the requestor side is not tuned: its threads keep pynetdicom's own sleeps
+    assert not hasattr(assoc, pynetdicom_tuning._WAKE_ATTR)
+    assert not getattr(assoc.dul, pynetdicom_tuning._TUNED_DUL_ATTR, False)
+    for path in files:
+        assert assoc.send_c_store(path).Status == 0x0000
+    assoc.release()
+
+    acceptor = threads[0]
+    assert isinstance(getattr(acceptor, pynetdicom_tuning._WAKE_ATTR), threading.Event)
+    assert getattr(acceptor.dul, pynetdicom_tuning._TUNED_DUL_ATTR) is True
+    assert len(received) == len(files)
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+    # an untuned thread calling the proxy sleeps for real
+    start = time.perf_counter()
+    association_module.time.sleep(0.02)
+    assert time.perf_counter() - start >= 0.019
+
+
+def test_aborted_association_ends_promptly(tuned_scp, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    port, _received, threads = tuned_scp
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage)
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    assoc.send_c_store(pydicom.dcmread(write_series(tmp_path / "s", 1, seed=15)[0]))
+    assoc.abort()
+    acceptor = threads[0]
+    acceptor.join(timeout=5)
+    assert not acceptor.is_alive()
+    assert not acceptor.dul.is_alive()
+
+
+def dataset_bytes_from(data: bytes) -> bytes:
+    """The dataset part of a Part 10 byte string (see tests.support.series.dataset_bytes)."""
+    group_length = int.from_bytes(data[140:144], "little")
+    return data[144 + group_length:]
