@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, _config
 from pynetdicom.presentation import build_context
 from sqlalchemy import Engine
 
@@ -156,9 +156,14 @@ def retry_delay(settings: DeliverySettings, attempts: int) -> float:
 
 
 class Deliverer:
-    """Claims due deliveries and sends them, at most ``max_associations`` at a time per destination."""
+    """Claims due deliveries and sends them, at most ``max_associations`` at a time per destination.
+
+    Files are streamed as stored (pynetdicom's STORE_SEND_CHUNKED_DATASET, set for the process that
+    delivers): each goes in a context proposed with its own transfer syntax, so nothing needs to be
+    decoded and encoded again on the way out."""
 
     def __init__(self, config: Config, engine: Engine, owner: str) -> None:
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self._config = config
         self._queue = DeliveryQueue(engine, config.delivery.give_up_after_s)
         self._owner = owner

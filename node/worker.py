@@ -108,8 +108,10 @@ class Worker:
             files = tuple(self.config.node.data_dir / p for p in self.queue.instance_paths(job.series_id))
             pipeline = self.pipeline(job.pipeline)
             result = pipeline.run(SourceSeries(series_instance_uid=job.series_instance_uid, files=files))
+            outbox_started = time.perf_counter()
             stored = [self._store(dataset) for dataset in result.datasets]
             stored += [self._store(dataset, fallback_for=uid) for uid, dataset in result.fallbacks.items()]
+            result.timings_s["outbox"] = time.perf_counter() - outbox_started
         except PipelineRefusal as exc:
             log.warning("job %d: %s refused series %s: %s", job.id, job.pipeline, job.series_instance_uid, exc)
             self.queue.finish(job.id, self.owner, "refused", time.time(), error=str(exc))
