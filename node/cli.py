@@ -38,7 +38,7 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from node.service import serve
 
-    return serve(_load(args.config), args.role)
+    return serve(_load(args.config), args.role, args.config)
 
 
 def _format_time(value: float | None) -> str:
@@ -109,6 +109,19 @@ def _cmd_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reload(args: argparse.Namespace) -> int:
+    from node.reload import signal_running_node
+
+    config = _load(args.config)  # an invalid file is refused here, and the running node keeps its own
+    try:
+        pid = signal_running_node(config.node.data_dir)
+    except (ProcessLookupError, PermissionError) as exc:
+        print(f"radnode reload: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: valid; asked the node (pid {pid}) to reload it")
+    return 0
+
+
 def _cmd_echo(args: argparse.Namespace) -> int:
     from node.delivery import DeliveryError, address_of, echo
 
@@ -165,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="last activity (instance, job, delivery) at least this many days ago; 0: all finished")
     purge.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
     purge.set_defaults(func=_cmd_purge)
+    add("reload", "validate the config, then have the running node apply it (as SIGHUP does)").set_defaults(
+        func=_cmd_reload)
     echo = add("echo", "check a destination with C-ECHO")
     echo.add_argument("name", help="a [[destinations]] name")
     echo.set_defaults(func=_cmd_echo)

@@ -25,6 +25,10 @@ class CompletionChecker:
         self._config = config
         self._engine = engine
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration (routes apply to series completed from now on)."""
+        self._config = config
+
     def check(self, now: float | None = None) -> int:
         """Complete every due series; return how many were completed by this call."""
         now = time.time() if now is None else now

@@ -172,6 +172,10 @@ class Deliverer:
         self._busy: dict[str, int] = {}
         self._lock = threading.Lock()
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration (destinations and peers apply to the next send)."""
+        self._config = config
+
     def _limit(self, destination: str) -> int:
         for d in self._config.destinations:
             if d.name == destination:

@@ -13,6 +13,7 @@ from node.config import Config
 from node.limits import DatasetLimits
 from node.logs import configure_logging
 from node.peers import PeerPolicy
+from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
 from node import pynetdicom_tuning
 from node.receiver import StoreService
 from node.scp import build_application_entity, start_server
@@ -42,7 +43,12 @@ def run_receiver(config: Config, stop: StopEvent, share_port: bool) -> None:
     )
     tuned = pynetdicom_tuning.apply()  # this process only: see the module docstring
     ae = build_application_entity(config.node, config.node.receivers)
-    policy = PeerPolicy(tuple(config.peers))
+    holder = ConfigHolder(config, config_file_of_supervisor())
+    install_sighup(holder)
+
+    def policy() -> PeerPolicy:
+        return PeerPolicy(tuple(holder.current.peers))
+
     servers = [start_server(ae, config.node, policy, service.handlers(), share_port)]
     tls = config.node.tls
     if tls is not None:  # same AE, so max_associations counts plain and TLS associations together
@@ -63,6 +69,7 @@ def run_receiver(config: Config, stop: StopEvent, share_port: bool) -> None:
         if os.getppid() != parent:  # the supervisor died: do not linger as an orphan
             log.error("supervisor is gone; receiver exits")
             os._exit(1)
+        holder.apply_pending()
     for server in servers:
         server.shutdown()  # stop accepting; let open associations finish
     deadline = time.monotonic() + DRAIN_SECONDS

@@ -39,16 +39,18 @@ log = logging.getLogger("radnode.receiver")
 _REJECT_UNKNOWN_CALLER = (0x01, 0x01, 0x03)
 
 
-def peer_policy_handler(policy: PeerPolicy) -> Callable[[Event], None]:
+def peer_policy_handler(current_policy: Callable[[], PeerPolicy]) -> Callable[[Event], None]:
     """An EVT_REQUESTED handler that answers A-ASSOCIATE-RJ to callers the allow-list refuses.
 
-    pynetdicom skips its own negotiation when this handler has already rejected (PS3.8 9.3.4)."""
+    The allow-list is looked up for each new association, so a reloaded ``[[peers]]`` applies to the
+    next association and never to one already open. pynetdicom skips its own negotiation when this
+    handler has already rejected (PS3.8 9.3.4)."""
 
     def _check(event: Event) -> None:
         request = event.assoc.requestor.primitive
         calling = str(request.calling_ae_title).strip() if request is not None else ""
         address = event.assoc.requestor.address
-        if not policy.admits(calling, address):
+        if not current_policy().admits(calling, address):
             log.warning("association rejected: calling AE %r from %s is not a configured peer", calling, address)
             event.assoc.requestor.ae_title = calling
             event.assoc.acse.send_reject(*_REJECT_UNKNOWN_CALLER)
@@ -119,7 +121,7 @@ def build_application_entity(settings: NodeSettings, receivers: int) -> AE:
 def start_server(
     ae: AE,
     settings: NodeSettings,
-    policy: PeerPolicy,
+    current_policy: Callable[[], PeerPolicy],
     handlers: list[tuple[Any, Any]],
     share_port: bool,
     *,
@@ -142,7 +144,7 @@ def start_server(
         settings.ae_title,
         ae.supported_contexts,
         ssl_context,
-        evt_handlers=[(evt.EVT_REQUESTED, peer_policy_handler(policy)), *handlers],
+        evt_handlers=[(evt.EVT_REQUESTED, peer_policy_handler(current_policy)), *handlers],
         request_handler=_GuardedRequestHandler,  # limits, and event-driven waits once tuning is applied
     )
     name = "radnode-acceptor-tls" if ssl_context else "radnode-acceptor"

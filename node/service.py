@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from multiprocessing.context import SpawnProcess
 from typing import Any, Callable, Literal
 
@@ -23,6 +24,7 @@ from node.completion import CompletionChecker
 from node.delivery import Deliverer, address_of, echo
 from node.config import Config
 from node.logs import configure_logging
+from node.reload import CONFIG_FILE_ENV, ConfigHolder, install_sighup, write_pid_file
 from node.metrics import prepare_multiprocess_dir
 from node.recovery import recover_spool
 from node.receiver_process import run_receiver
@@ -45,13 +47,17 @@ class _Child:
 
 
 class Supervisor:
-    def __init__(self, config: Config, role: Role) -> None:
+    def __init__(self, config: Config, role: Role, config_path: Path | None = None) -> None:
         self.config = config
         self.role = role
+        self._holder = ConfigHolder(config, config_path)
+        if config_path is not None:  # spawned children re-read it on SIGHUP (node/reload.py)
+            os.environ[CONFIG_FILE_ENV] = str(config_path.resolve())
         self._context = multiprocessing.get_context("spawn")
         self._stop = self._context.Event()
         self._children: list[_Child] = []
         self._stopping = threading.Event()
+        self._reconfigurable: list[CompletionChecker | Deliverer] = []
 
     def prepare(self) -> None:
         """Schema and spool recovery, before anything listens."""
@@ -85,7 +91,19 @@ class Supervisor:
         child.process = self._context.Process(target=child.target, args=child.args, name=child.name, daemon=False)
         child.process.start()
 
+    def _apply_reload(self) -> None:
+        """After SIGHUP: reload here, then have receivers and workers reload (web reads the database)."""
+        if not self._holder.apply_pending():
+            return
+        self.config = self._holder.current
+        for part in self._reconfigurable:
+            part.reconfigure(self.config)
+        for child in self._children:
+            if child.process is not None and child.process.is_alive() and not child.name.startswith("web"):
+                os.kill(child.process.pid, signal.SIGHUP)
+
     def _watch_children(self) -> None:
+        self._apply_reload()
         for child in self._children:
             if self._stopping.is_set():
                 return
@@ -108,6 +126,7 @@ class Supervisor:
         scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
         if self.role in ("all", "receiver"):
             checker = CompletionChecker(self.config, engine)
+            self._reconfigurable.append(checker)
             scheduler.add_job(
                 checker.check,
                 "interval",
@@ -124,6 +143,7 @@ class Supervisor:
         deliverer: Deliverer | None = None
         if self.role in ("all", "worker"):
             deliverer = Deliverer(self.config, engine, owner=f"{socket.gethostname()}:{os.getpid()}:delivery")
+            self._reconfigurable.append(deliverer)
             scheduler.add_job(deliverer.dispatch, "interval", seconds=self.config.delivery.check_interval_s,
                               max_instances=1, coalesce=True, id="delivery")
             threading.Thread(target=check_destinations, args=(self.config,), daemon=True).start()
@@ -136,7 +156,10 @@ class Supervisor:
 
         signal.signal(signal.SIGTERM, _request_stop)
         signal.signal(signal.SIGINT, _request_stop)
+        install_sighup(self._holder)
+        pid_file = write_pid_file(self.config.node.data_dir)
         self._stopping.wait()
+        pid_file.unlink(missing_ok=True)
         scheduler.shutdown(wait=True)
         if deliverer is not None:
             deliverer.close()
@@ -166,6 +189,6 @@ def check_destinations(config: Config) -> None:
                         destination.name, exc)
 
 
-def serve(config: Config, role: Role) -> int:
+def serve(config: Config, role: Role, config_path: Path | None = None) -> int:
     configure_logging(config.node.log_level, config.node.data_dir)
-    return Supervisor(config, role).run()
+    return Supervisor(config, role, config_path).run()

@@ -22,6 +22,7 @@ from node.audit import AuditLog
 from node.config import Config
 from node.delivery import targets_for
 from node.logs import configure_logging
+from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
 from pipelines.base import Pipeline, PipelineRefusal, RuntimeOptions, SourceSeries
 from storage.database import create_database_engine
 from storage.jobs import ClaimedJob, JobQueue, LeaseLost
@@ -47,6 +48,14 @@ class Worker:
         self.audit = AuditLog(config.node.data_dir)
         self.runtime = RuntimeOptions(device=config.workers.device, torch_threads=config.workers.torch_threads)
         self._pipelines: dict[str, Pipeline] = {}
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded configuration; pipelines whose settings changed are loaded afresh."""
+        for name in list(self._pipelines):
+            if config.pipelines.get(name) != self.config.pipelines.get(name):
+                del self._pipelines[name]
+                log.info("pipeline %s changed in the configuration; it is reloaded on its next job", name)
+        self.config = config
 
     def pipeline(self, name: str) -> Pipeline:
         """The named pipeline, created and loaded on first use and kept for later jobs."""
@@ -156,11 +165,15 @@ def run_worker(config: Config, stop: StopEvent, index: int) -> None:
     configure_logging(config.node.log_level, config.node.data_dir)
     parent = os.getppid()
     worker = Worker(config, index)
+    holder = ConfigHolder(config, config_file_of_supervisor())
+    install_sighup(holder)
     log.info("worker %d ready (pid %d, device %s)", index, os.getpid(), config.workers.device)
     while not stop.is_set():
         if os.getppid() != parent:
             log.error("supervisor is gone; worker exits")
             os._exit(1)
+        if holder.apply_pending():
+            worker.reconfigure(holder.current)
         try:
             busy = worker.run_once()
         except Exception:
