@@ -47,10 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from tests.support.series import image_dataset  # noqa: E402  (the tests' synthetic images)
+
 PYTHON = sys.executable
 DCMTK_ENV = {**os.environ, "TCP_NODELAY": "1"}  # without it every C-STORE waits ~40 ms (FIELD-NOTES.md)
 SCU_AET = "BENCHSCU"
@@ -64,22 +66,9 @@ def make_images(root: Path, count: int, folders: int = 4, size: int = 512) -> li
     groups: list[list[Path]] = [[] for _ in range(folders)]
     pixels = rng.integers(0, 4000, size=(size, size), dtype=np.uint16)
     for index in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-        ds.PatientName, ds.PatientID = "Bench^Ingest", "BENCH-0001"
-        ds.PatientBirthDate, ds.PatientSex = "19700101", "O"
-        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", ""
-        ds.ReferringPhysicianName = ""
-        ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "CT", "BENCH INGEST", 1
-        ds.InstanceNumber = index + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds = image_dataset(sop_class=CTImageStorage, study_uid=study, series_uid=series, frame_of_reference_uid=frame,
+                           modality="CT", description="BENCH INGEST", instance_number=index + 1,
+                           patient_name="Bench^Ingest", patient_id="BENCH-0001")
         ds.ImagePositionPatient = [-256.0, -256.0, 1.0 * index]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing, ds.SliceThickness = [1.0, 1.0], 1.0

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import MRImageStorage, generate_uid
+
+from tests.support.series import image_dataset
 
 
 def oblique_cosines(degrees: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,29 +60,13 @@ class SyntheticSeries:
         return affine
 
     def dataset(self, k: int, instance_number: int) -> Dataset:
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = self.study_uid
-        ds.SeriesInstanceUID = self.series_uid
-        ds.FrameOfReferenceUID = self.frame_of_reference_uid
-        ds.PatientName = "Synthetic^Geometry"
-        ds.PatientID = "SYN-0001"
+        ds = image_dataset(
+            sop_class=MRImageStorage, study_uid=self.study_uid, series_uid=self.series_uid,
+            frame_of_reference_uid=self.frame_of_reference_uid, modality="MR", description="synthetic geometry",
+            instance_number=instance_number, patient_name="Synthetic^Geometry", patient_id="SYN-0001",
+            series_number=3,
+        )
         ds.PatientBirthDate = ""
-        ds.PatientSex = "O"
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.Modality = "MR"
-        ds.SeriesNumber = 3
-        ds.InstanceNumber = instance_number
         ds.ImageType = ["ORIGINAL", "PRIMARY", "OTHER"]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in self.position(k)]
         ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*self.row_cosine, *self.col_cosine)]

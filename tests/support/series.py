@@ -15,6 +15,49 @@ from pydicom.uid import (
 )
 
 
+def image_dataset(
+    *,
+    sop_class: str,
+    study_uid: str,
+    series_uid: str,
+    frame_of_reference_uid: str,
+    modality: str,
+    description: str,
+    instance_number: int,
+    patient_name: str = "Testpatient^Alpha",
+    patient_id: str = "PID-TEST-0001",
+    series_number: int = 1,
+) -> Dataset:
+    """File Meta plus the patient, study, series and instance attributes of one synthetic image
+    (fresh SOP Instance UID); the caller adds geometry and pixels."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = frame_of_reference_uid
+    ds.PatientName = patient_name
+    ds.PatientID = patient_id
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.StudyDate = "20260101"
+    ds.StudyTime = "120000"
+    ds.AccessionNumber = ""
+    ds.ReferringPhysicianName = ""
+    ds.StudyID = "1"
+    ds.Modality = modality
+    ds.SeriesDescription = description
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    return ds
+
+
 def write_series(
     folder: Path,
     count: int,
@@ -37,31 +80,11 @@ def write_series(
     sop_class = CTImageStorage if modality == "CT" else MRImageStorage
     paths = []
     for index in range(count):
-        ds = Dataset()
-        ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = sop_class
-        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_of_reference
-        ds.PatientName = patient_name
-        ds.PatientID = patient_id
-        ds.PatientBirthDate = "19700101"
-        ds.PatientSex = "O"
-        ds.StudyDate = "20260101"
-        ds.StudyTime = "120000"
-        ds.AccessionNumber = ""
-        ds.ReferringPhysicianName = ""
-        ds.StudyID = "1"
-        ds.Modality = modality
-        ds.SeriesDescription = description
-        ds.SeriesNumber = 1
-        ds.InstanceNumber = index + 1
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds = image_dataset(
+            sop_class=sop_class, study_uid=study_uid, series_uid=series_uid,
+            frame_of_reference_uid=frame_of_reference, modality=modality, description=description,
+            instance_number=index + 1, patient_name=patient_name, patient_id=patient_id,
+        )
         ds.ImagePositionPatient = [-32.0, -32.0, 2.0 * index]
         ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         ds.PixelSpacing = [1.0, 1.0]
