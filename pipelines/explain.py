@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pipelines.settings import CodeSpec, SegmentSpec
 from pipelines.volume import Volume
-from pipelines.writers.common import MANUFACTURER, ResultIdentity, software_version
+from pipelines.writers.common import MANUFACTURER, ResultIdentity, seg_creator_attributes
 from pipelines.writers.seg import coded
 
 #: Series Number of Grad-CAM SEG series (after the SEG/SR/SC numbers of pipelines.writers.common).
@@ -167,15 +167,10 @@ def write_heatmap_seg(volume: Volume, heatmap: np.ndarray, name: str, identity: 
         series_number=GRADCAM_SERIES_NUMBER,
         sop_instance_uid=identity.uid("gradcam", 0),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=identity.algorithm_name[:64],
-        software_versions=software_version(),
-        device_serial_number="0",
+        **seg_creator_attributes(identity),
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
-        content_description=identity.short_statement,
         content_label="GRADCAM",
-        content_creator_name="radnode^AI",
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=identity.series_description(f"Grad-CAM {name}"),
     )

@@ -72,6 +72,19 @@ class ResultIdentity:
         return _lo(f"AI-generated: {self.algorithm_name} {self.algorithm_version}")
 
 
+def seg_creator_attributes(identity: "ResultIdentity") -> dict[str, str]:
+    """How radnode names itself on every SEG it writes (highdicom ``Segmentation`` keywords):
+    equipment (PS3.3 C.7.5.1), the AI-generated statement and the content creator (C.8.20.2)."""
+    return {
+        "manufacturer": MANUFACTURER,
+        "manufacturer_model_name": identity.algorithm_name[:64],
+        "software_versions": software_version(),
+        "device_serial_number": "0",
+        "content_description": identity.short_statement,
+        "content_creator_name": "radnode^AI",
+    }
+
+
 def copy_laterality(source: Dataset, target: Dataset) -> None:
     """Copy the General Series Laterality (0020,0060, Type 2C, PS3.3 C.7.3.1) from the source, or
     write it empty (unknown) when the source has none: dciodvfy reports an error on SC objects

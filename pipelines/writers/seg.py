@@ -25,7 +25,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pipelines.settings import CodeSpec, SegFormat, SegmentSpec
 from pipelines.volume import Volume
-from pipelines.writers.common import MANUFACTURER, SERIES_NUMBERS, ResultIdentity, software_version
+from pipelines.writers.common import MANUFACTURER, SERIES_NUMBERS, ResultIdentity, seg_creator_attributes
 
 LABELMAP_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.7"
 
@@ -119,15 +119,10 @@ def write_seg(
         series_number=SERIES_NUMBERS["seg"],
         sop_instance_uid=identity.uid(uid_kind, 0),
         instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=identity.algorithm_name[:64],
-        software_versions=software_version(),
-        device_serial_number="0",
+        **seg_creator_attributes(identity),
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
-        content_description=identity.short_statement,
         content_label=_content_label(identity.pipeline_name),
-        content_creator_name="radnode^AI",
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=identity.series_description("segmentation"),
     )
