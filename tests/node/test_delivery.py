@@ -13,6 +13,7 @@ import pytest
 from pipelines.nifti_series import write_nifti_as_series
 from tests.support.dcmtk import DCMTK_ENV, require, storescu
 from tests.support.network import free_port
+from tests.support.node_process import delivery_table, destination_table, model_worker_table, route_table
 from tests.support.orthanc import Orthanc
 
 
@@ -24,31 +25,13 @@ def mni_series(tmp_path_factory, mni152_paths) -> list[Path]:  # type: ignore[no
 
 
 def _node_options(pacs_port: int, *, first_retry_s: float = 1.0, give_up_after_s: float = 3600) -> dict:
-    return dict(workers=1, grace_s=0.5, extra=f"""
-[workers]
-count = 1
-torch_threads = 2
-lease_s = 120
-poll_interval_s = 0.1
-
-[delivery]
-first_retry_s = {first_retry_s}
-max_retry_s = 2
-give_up_after_s = {give_up_after_s}
-check_interval_s = 0.2
-
-[[destinations]]
-name = "pacs"
-ae_title = "ORTHANC"
-host = "127.0.0.1"
-port = {pacs_port}
-
-[[routes]]
-name = "t1-brain"
-pipeline = "brain-extraction"
-when = {{ Modality = "MR", SeriesDescription = ".*T1.*" }}
-send_to = ["pacs"]
-""")
+    return dict(workers=1, grace_s=0.5, extra="\n".join([
+        model_worker_table(torch_threads=2, lease_s=120),
+        delivery_table(first_retry_s=first_retry_s, max_retry_s=2, give_up_after_s=give_up_after_s,
+                       check_interval_s=0.2),
+        destination_table("pacs", "ORTHANC", pacs_port),
+        route_table("t1-brain", '{ Modality = "MR", SeriesDescription = ".*T1.*" }', ["pacs"]),
+    ]))
 
 
 def _results_by_modality(pacs: Orthanc, study_uid: str) -> Counter[str]:

@@ -20,7 +20,14 @@ from node.audit import read_audit
 from pipelines.nifti_series import write_nifti_as_series
 from tests.support.dcmtk import DCMTK_ENV, require, storescu
 from tests.support.network import free_port
-from tests.support.node_process import RadnodeProcess, start_node
+from tests.support.node_process import (
+    RadnodeProcess,
+    delivery_table,
+    destination_table,
+    model_worker_table,
+    route_table,
+    start_node,
+)
 from tests.support.series import write_series
 
 TOKEN = "ops-token-2718"
@@ -73,45 +80,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory, mni152_paths) -> Iterator
     pacs = _storescp("PACS", workdir / "pacs", pacs_port)
     node = None
     try:
-        node = start_node(workdir / "node", grace_s=0.3, extra=f"""
-[workers]
-count = 1
-torch_threads = 2
-lease_s = 120
-poll_interval_s = 0.1
-
-[delivery]
-first_retry_s = 0.5
-max_retry_s = 1
-give_up_after_s = 3600
-check_interval_s = 0.2
-
-[web]
-port = {web_port}
-token = "{TOKEN}"
-
-[[destinations]]
-name = "pacs"
-ae_title = "PACS"
-host = "127.0.0.1"
-port = {pacs_port}
-
-[[destinations]]
-name = "offline"
-ae_title = "OFFLINE"
-host = "127.0.0.1"
-port = {offline_port}
-
-[[routes]]
-name = "t1"
-pipeline = "brain-extraction"
-when = {{ Modality = "MR", SeriesDescription = ".*T1.*" }}
-send_to = ["pacs", "offline"]
-
-[pipelines.brain-extraction]
-kind = "brain-extraction"
-write_overlay = false
-""")
+        node = start_node(workdir / "node", grace_s=0.3, extra="\n".join([
+            model_worker_table(torch_threads=2, lease_s=120),
+            delivery_table(first_retry_s=0.5, max_retry_s=1, give_up_after_s=3600, check_interval_s=0.2),
+            f'[web]\nport = {web_port}\ntoken = "{TOKEN}"\n',
+            destination_table("pacs", "PACS", pacs_port),
+            destination_table("offline", "OFFLINE", offline_port),
+            route_table("t1", '{ Modality = "MR", SeriesDescription = ".*T1.*" }', ["pacs", "offline"]),
+            '[pipelines.brain-extraction]\nkind = "brain-extraction"\nwrite_overlay = false\n',
+        ]))
         common = dict(patient_name=PATIENT_NAME, patient_id=PATIENT_ID)
         head = _with_birth_date(write_nifti_as_series(mni152_paths.t1, workdir / "head",
                                                       series_description="T1 HEAD", **common))

@@ -12,35 +12,25 @@ import pydicom
 from pipelines.nifti_series import write_nifti_as_series
 from tests.support.dcmtk import storescu
 from tests.support.network import free_port
-from tests.support.node_process import RadnodeProcess, base_config
+from tests.support.node_process import (
+    RadnodeProcess,
+    base_config,
+    delivery_table,
+    destination_table,
+    model_worker_table,
+    route_table,
+)
 from tests.support.orthanc import Orthanc
 from tests.support.postgres import sqlalchemy_url
 
 
 def _config(port: int, data_dir: Path, database_url: str, pacs_port: int) -> str:
-    return base_config(port, data_dir, database_url=database_url, grace_s=0.5, extra=f"""
-[workers]
-count = 1
-torch_threads = 1
-lease_s = 6
-poll_interval_s = 0.1
-
-[delivery]
-first_retry_s = 1
-max_retry_s = 2
-
-[[destinations]]
-name = "pacs"
-ae_title = "ORTHANC"
-host = "127.0.0.1"
-port = {pacs_port}
-
-[[routes]]
-name = "t1-brain"
-pipeline = "brain-extraction"
-when = {{ Modality = "MR" }}
-send_to = ["pacs"]
-""")
+    return base_config(port, data_dir, database_url=database_url, grace_s=0.5, extra="\n".join([
+        model_worker_table(torch_threads=1, lease_s=6),
+        delivery_table(first_retry_s=1, max_retry_s=2),
+        destination_table("pacs", "ORTHANC", pacs_port),
+        route_table("t1-brain", '{ Modality = "MR" }', ["pacs"]),
+    ]))
 
 
 def test_worker_killed_mid_job_is_replaced_and_results_arrive_exactly_once(

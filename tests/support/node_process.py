@@ -45,6 +45,27 @@ check_interval_s = 0.2
 """
 
 
+def model_worker_table(*, torch_threads: int, lease_s: float) -> str:
+    """``[workers]`` for tests that run a real model: one worker, fast polling."""
+    return f"[workers]\ncount = 1\ntorch_threads = {torch_threads}\nlease_s = {lease_s}\npoll_interval_s = 0.1\n"
+
+
+def delivery_table(**settings: float) -> str:
+    """``[delivery]`` with the given settings (e.g. short retries); others keep their defaults."""
+    return "[delivery]\n" + "".join(f"{key} = {value}\n" for key, value in settings.items())
+
+
+def destination_table(name: str, ae_title: str, port: int) -> str:
+    """One ``[[destinations]]`` entry on loopback."""
+    return f'[[destinations]]\nname = "{name}"\nae_title = "{ae_title}"\nhost = "127.0.0.1"\nport = {port}\n'
+
+
+def route_table(name: str, when: str, send_to: list[str], pipeline: str = "brain-extraction") -> str:
+    """One ``[[routes]]`` entry; ``when`` is the TOML inline table of conditions."""
+    targets = ", ".join(f'"{target}"' for target in send_to)
+    return f'[[routes]]\nname = "{name}"\npipeline = "{pipeline}"\nwhen = {when}\nsend_to = [{targets}]\n'
+
+
 def _listening(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
