@@ -15,8 +15,11 @@ downloaded. Input contract of those networks, as read from deepbet 1.0.2 (re-imp
    to the crop (nearest), thresholded, reduced to its largest 26-connected component and its
    enclosed holes filled.
 
-Outputs: SEG ("Brain", SCT 12738006), TID 1500 SR with the brain volume in mL, optional burned-in
-SC overlay series. Measurement ``brain_volume_ml`` = mask voxels x voxel volume (mL).
+Outputs: SEG ("Brain", SCT 12738006), TID 1500 SR with the brain volume in mL and the mask's
+confidence, optional burned-in SC overlay series. Measurements: ``brain_volume_ml`` = mask voxels x
+voxel volume (mL); ``brain_confidence`` = the mean, over the final mask's voxels, of the main
+network's brain probability (step 4, brought back to the crop like the mask), a fraction in
+[0, 1] that the SR reports in percent (``pipelines.writers.sr``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import importlib.metadata
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import cc3d
@@ -95,6 +99,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | holes
 
 
+@dataclass(frozen=True)
+class BrainMask:
+    """A brain mask (bool) and its confidence: the mean brain probability over the mask's voxels."""
+
+    mask: np.ndarray
+    confidence: float
+
+
 def _bounding_box(coarse: np.ndarray, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
     """Crop of the full image (``shape``) around the coarse mask, grown by :data:`BBOX_MARGIN`."""
     box = []
@@ -143,8 +155,9 @@ class BrainExtractionPipeline(Pipeline):
         self.load_time_s = time.perf_counter() - start
 
     @torch.no_grad()
-    def predict_canonical(self, image: np.ndarray) -> np.ndarray:
-        """Brain mask (bool) of a head image already in closest-RAS voxel order (steps 2-4)."""
+    def predict_canonical(self, image: np.ndarray) -> BrainMask:
+        """Brain mask of a head image already in closest-RAS voxel order (steps 2-4), with its
+        confidence (module docstring; 0.0 for an empty mask)."""
         assert self._localiser is not None and self._network is not None and self.device is not None
         x = torch.nan_to_num(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(self.device))
         small = _resize(x, LOCALIZER_SHAPE)
@@ -156,20 +169,27 @@ class BrainExtractionPipeline(Pipeline):
         box = _bounding_box(coarse, tuple(x.shape))
         crop = x[box]
         probability = self._network(_standardise(_resize(crop, MAIN_SHAPE), low, high)[None, None])[0, 1]
-        inside = _resize((probability > self.settings.threshold).float(), tuple(crop.shape)) > 0.5
-        inside = fill_holes(largest_component(inside.cpu().numpy()))
+        # nearest resampling then threshold == threshold then nearest resampling (same source voxel)
+        probability = _resize(probability, tuple(crop.shape)).cpu().numpy()
+        inside = fill_holes(largest_component(probability > self.settings.threshold))
         mask = np.zeros(image.shape, dtype=bool)
         mask[box] = inside
-        return mask
+        confidence = float(probability[inside].mean()) if inside.any() else 0.0
+        return BrainMask(mask=mask, confidence=confidence)
 
     def segment(self, volume: Volume) -> np.ndarray:
         """Brain mask (bool) on the volume grid, shape ``volume.array.shape`` (column, row, slice)."""
+        return self.segment_with_confidence(volume).mask
+
+    def segment_with_confidence(self, volume: Volume) -> BrainMask:
+        """Brain mask on the volume grid (column, row, slice) and its confidence."""
         self.load()
         ornt = nib.io_orientation(RAS_TO_LPS @ volume.affine)  # voxel axes -> closest RAS axes
         canonical = nib.orientations.apply_orientation(volume.array, ornt)
-        mask = self.predict_canonical(canonical)
+        found = self.predict_canonical(canonical)
         back = nib.orientations.ornt_transform(nib.orientations.axcodes2ornt(("R", "A", "S")), ornt)
-        return np.ascontiguousarray(nib.orientations.apply_orientation(mask, back)).astype(bool)
+        mask = np.ascontiguousarray(nib.orientations.apply_orientation(found.mask, back)).astype(bool)
+        return BrainMask(mask=mask, confidence=found.confidence)
 
     def identity(self, series_uid: str) -> ResultIdentity:
         return ResultIdentity(series_uid, self.name, self.algorithm_name, self.algorithm_version)
@@ -192,7 +212,8 @@ class BrainExtractionPipeline(Pipeline):
         timings["volume"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        mask = self.segment(volume)
+        found = self.segment_with_confidence(volume)
+        mask = found.mask
         timings["inference"] = time.perf_counter() - start
         if not mask.any():
             raise PipelineRefusal("no brain found in the series")
@@ -201,7 +222,7 @@ class BrainExtractionPipeline(Pipeline):
         identity = self.identity(series.series_instance_uid)
         labels = mask.astype(np.uint8)
         brain_volume_ml = float(np.count_nonzero(mask)) * volume.voxel_volume_ml
-        volumes = [SegmentVolume(1, BRAIN, brain_volume_ml)]
+        volumes = [SegmentVolume(1, BRAIN, brain_volume_ml, confidence=found.confidence)]
         seg = write_seg(volume, labels, [BRAIN], identity, seg_format=self.settings.seg_format)
         outputs: list[Dataset] = [seg]
         fallbacks: dict[str, Dataset] = {}
@@ -217,5 +238,6 @@ class BrainExtractionPipeline(Pipeline):
         if self.settings.write_overlay:
             outputs.extend(write_overlay(volume, labels, [BRAIN.label], identity))
         timings["write"] = time.perf_counter() - start
-        return PipelineResult(datasets=outputs, measurements={"brain_volume_ml": brain_volume_ml}, timings_s=timings,
+        measurements = {"brain_volume_ml": brain_volume_ml, "brain_confidence": found.confidence}
+        return PipelineResult(datasets=outputs, measurements=measurements, timings_s=timings,
                               fallbacks=fallbacks)

@@ -41,12 +41,23 @@ Choice: a missing code never refuses a series (a refusal is final and would fail
 route sends), but the SEG then says no more than "tissue"; configure ``segments`` for real codes.
 A run whose output has no foreground at all is refused (a SEG needs at least one frame).
 
+Segmentation confidence: the postprocessing runs in two parts, split before its first discretising
+transform (``AsDiscrete(d)``, e.g. the argmax): what the first part gives (typically softmax +
+``Invertd``) is read as per-channel probabilities (:func:`channel_probabilities`; values outside
+[0, 1] get softmax or sigmoid) and resampled (trilinear) to the source grid. Each segment's
+confidence is the mean probability of its label's channel over the voxels labelled with it; it goes
+into the SR (``pipelines.writers.sr``) and the measurement ``<segment>_confidence`` (0..1). An
+output that holds no probabilities (integer labels, or only 0 and 1) gives no confidence.
+
 Classification output -> probabilities: the postprocessing without its discretising transforms
 (``AsDiscrete(d)``), flattened to one value per class; values already in [0, 1] are taken as
 probabilities, otherwise softmax (several classes) or sigmoid (one class) is applied. Class names
 come from ``channel_def`` (else ``class N``); a class whose number has a configured segment uses
 that segment's type code. The result is a TID 1500 SR with one qualitative evaluation and
-probability per class; no SEG and no overlay.
+probability per class; no overlay. With ``explain = "gradcam"`` (:mod:`pipelines.explain`) the run
+also returns a Grad-CAM map of the most probable class as a FRACTIONAL SEG (its own series, stable
+UIDs of kind ``gradcam``); the bundle then needs ``network_def`` and ``models/model.pt``, checked when
+the pipeline is built.
 """
 
 from __future__ import annotations
@@ -68,6 +79,7 @@ from pydicom.dataset import Dataset
 
 from pipelines.base import Pipeline, PipelineRefusal, PipelineResult, RuntimeOptions, SourceSeries
 from pipelines.devices import select_device
+from pipelines.explain import explain_image, load_hookable_network, to_source_grid, write_heatmap_seg
 from pipelines.settings import BundleSettings, CodeSpec, SegmentSpec
 from pipelines.volume import Volume, build_volume, read_datasets
 from pipelines.writers.common import ResultIdentity
@@ -268,6 +280,48 @@ def class_probabilities(output: torch.Tensor) -> np.ndarray:
     return values.numpy().astype(np.float64)
 
 
+def channel_probabilities(output: torch.Tensor) -> torch.Tensor | None:
+    """Per-channel probabilities ``(C, X, Y, Z)`` float32 from a segmentation output taken before
+    discretisation, or None when it holds none (module docstring): values in [0, 1] are taken as
+    they are; otherwise softmax over channels (several) or sigmoid (one channel of non-integers);
+    one channel of integers (labels) and maps holding only 0 and 1 (already discretised) give None."""
+    values = torch.as_tensor(output).as_subclass(torch.Tensor).detach().float().cpu()
+    if values.ndim != 4:
+        raise RuntimeError(f"the segmentation output has shape {tuple(values.shape)}; expected (channels, X, Y, Z)")
+    if not (values.min() >= 0 and values.max() <= 1):
+        if values.shape[0] > 1:
+            values = torch.softmax(values, dim=0)
+        elif torch.equal(values, values.round()):
+            return None
+        else:
+            values = torch.sigmoid(values)
+    if bool(((values == 0) | (values == 1)).all()):
+        return None
+    return values
+
+
+def _grid_affine(tensor: Any, processed: Any, volume: Volume) -> np.ndarray:
+    """Voxel -> RAS mm of a bundle output: its own ``MetaTensor`` affine, else the preprocessed
+    image's, else the volume's (module docstring, Geometry)."""
+    from monai.data import MetaTensor
+
+    if isinstance(tensor, MetaTensor):
+        return np.asarray(tensor.affine, dtype=np.float64)
+    if isinstance(processed, MetaTensor):
+        return np.asarray(processed.affine, dtype=np.float64)
+    return ras_affine(volume)
+
+
+@dataclass(frozen=True)
+class SegmentationOutput:
+    """A bundle's segmentation of one volume: ``labels`` (integer map on the volume grid, column,
+    row, slice) and ``confidence`` (label -> mean probability in [0, 1] of that label over its
+    voxels; labels without a probability channel are absent)."""
+
+    labels: np.ndarray
+    confidence: dict[int, float]
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "label"
 
@@ -288,12 +342,28 @@ class BundlePipeline(Pipeline):
         self.format = data_format(self.metadata, self.files.metadata)
         self.algorithm_name = str(self.metadata.get("name") or self.files.root.name)[:64]
         self.algorithm_version = str(self.metadata.get("version") or "unknown")[:64]
+        self._check_explain()
         self.device: torch.device | None = None
         self.network: torch.nn.Module | None = None
+        #: The hookable network Grad-CAM uses (``explain = "gradcam"``), loaded by :meth:`load`.
+        self.explain_network: torch.nn.Module | None = None
         self.preprocessing: Any = None
         self.inferer: Any = None
         self.postprocessing: Any = None
         self.load_time_s: float | None = None
+
+    def _check_explain(self) -> None:
+        """``explain = "gradcam"`` needs a classification bundle with a state dict for ``network_def``."""
+        if self.settings.explain == "none":
+            return
+        where = f"pipeline {self.name} ({self.files.root})"
+        if not self.format.classification:
+            raise BundleError(f"{where}: explain = {self.settings.explain!r} needs a classification bundle; "
+                              f"{self.files.metadata} describes a segmentation output")
+        if not (self.files.root / "models" / "model.pt").is_file():
+            raise BundleError(f"{where}: explain = {self.settings.explain!r} needs "
+                              f"{self.files.root / 'models' / 'model.pt'} (a state dict for network_def): "
+                              "TorchScript takes no Grad-CAM hooks")
 
     # ------------------------------------------------------------------------------------- loading
 
@@ -331,6 +401,11 @@ class BundlePipeline(Pipeline):
         if self.postprocessing is not None:
             drop_transform_instances(self.postprocessing, post_strip)
         self.network = self._load_network(parser)
+        if self.settings.explain == "gradcam":
+            try:
+                self.explain_network = load_hookable_network(self.files.root, self.files.inference, self.device)
+            except Exception as exc:  # noqa: BLE001 - a bad network_def or state dict names the bundle
+                raise BundleError(f"pipeline {self.name}: cannot load the network for Grad-CAM: {exc}") from exc
         self._warn_uncoded_labels()
         self.load_time_s = time.perf_counter() - start
 
@@ -371,8 +446,11 @@ class BundlePipeline(Pipeline):
         return ResultIdentity(series_uid, self.name, self.algorithm_name, self.algorithm_version)
 
     @torch.no_grad()
-    def infer(self, volume: Volume) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Preprocess, run the inferer and postprocess; returns (output, the data dict it came from)."""
+    def infer(self, volume: Volume, *, keep_probabilities: bool = False
+              ) -> tuple[torch.Tensor, dict[str, Any], Any]:
+        """Preprocess, run the inferer and postprocess; returns (output, the data dict it came from,
+        the output as it was before the first discretising transform of the postprocessing, or None
+        unless ``keep_probabilities``)."""
         from monai.data import MetaTensor
 
         self.load()
@@ -397,25 +475,47 @@ class BundlePipeline(Pipeline):
                                     applied_operations=copy.deepcopy(image.applied_operations))
             data[key] = image
         data[out_key] = prediction
-        if self.postprocessing is not None:
+        before_discretising = None
+        if self.postprocessing is None:
+            before_discretising = prediction if keep_probabilities else None
+        elif keep_probabilities:
+            post = self.postprocessing.flatten() if hasattr(self.postprocessing, "flatten") else None
+            if post is None:  # a single transform rather than a Compose
+                before_discretising = prediction if type(self.postprocessing).__name__ in DISCRETISERS else None
+                data = self.postprocessing(data)
+            else:
+                cut = next((i for i, t in enumerate(post.transforms) if type(t).__name__ in DISCRETISERS),
+                           len(post.transforms))
+                data = post(data, end=cut)
+                before_discretising = data[out_key]
+                data = post(data, start=cut)
+        else:
             data = self.postprocessing(data)
-        return data[out_key], data
+        return data[out_key], data, before_discretising
 
     def segment(self, volume: Volume) -> np.ndarray:
         """Integer label map on the volume grid, shape ``volume.array.shape`` (column, row, slice)."""
-        from monai.data import MetaTensor
+        return self.segment_with_confidence(volume).labels
 
-        output, data = self.infer(volume)
-        output = torch.as_tensor(output)
+    def segment_with_confidence(self, volume: Volume) -> SegmentationOutput:
+        """Label map on the volume grid and the confidence of each label in it (module docstring)."""
+        output, data, before = self.infer(volume, keep_probabilities=True)
         processed = data.get(self.format.input_key)
-        if isinstance(output, MetaTensor):
-            affine = np.asarray(output.affine, dtype=np.float64)
-        elif isinstance(processed, MetaTensor):
-            affine = np.asarray(processed.affine, dtype=np.float64)
-        else:
-            affine = ras_affine(volume)
-        labels = label_map(output.as_subclass(torch.Tensor))
-        return resample_to_grid(labels, affine, ras_affine(volume), volume.array.shape).astype(np.int64)
+        labels = resample_to_grid(label_map(torch.as_tensor(output).as_subclass(torch.Tensor)),
+                                  _grid_affine(output, processed, volume), ras_affine(volume),
+                                  volume.array.shape).astype(np.int64)
+        confidence: dict[int, float] = {}
+        probabilities = None if before is None else channel_probabilities(torch.as_tensor(before))
+        if probabilities is not None:
+            affine = _grid_affine(before, processed, volume)
+            channels = probabilities.shape[0]
+            for label in (int(n) for n in np.unique(labels) if n > 0):
+                channel = label if channels > 1 else label - 1  # one channel: the probability of label 1
+                if not 0 <= channel < channels:
+                    continue  # the output has no probability for this label
+                on_grid = to_source_grid(probabilities[channel].numpy(), affine, volume)
+                confidence[label] = float(on_grid[labels == label].mean())
+        return SegmentationOutput(labels=labels, confidence=confidence)
 
     def segment_specs(self, present: Sequence[int]) -> list[SegmentSpec]:
         """Segments to write, in label order (module docstring)."""
@@ -432,7 +532,10 @@ class BundlePipeline(Pipeline):
 
     def classify(self, volume: Volume) -> list[ClassFinding]:
         """One :class:`ClassFinding` per output class, in class order."""
-        output, _ = self.infer(volume)
+        output, _, _ = self.infer(volume)
+        return self._findings(output)
+
+    def _findings(self, output: torch.Tensor) -> list[ClassFinding]:
         probabilities = class_probabilities(output)
         configured = {spec.label: spec for spec in self.settings.segments}
         return [
@@ -470,17 +573,32 @@ class BundlePipeline(Pipeline):
 
     def _run_classification(self, volume: Volume, identity: ResultIdentity, timings: dict[str, float]) -> PipelineResult:
         start = time.perf_counter()
-        findings = self.classify(volume)
+        output, data, _ = self.infer(volume)
+        findings = self._findings(output)
         timings["inference"] = time.perf_counter() - start
-        start = time.perf_counter()
-        sr = write_sr(volume.datasets, identity, findings=findings)
-        timings["write"] = time.perf_counter() - start
         measurements = {f"probability_{_slug(f.name)}": f.probability for f in findings}
-        return PipelineResult(datasets=[sr], measurements=measurements, timings_s=timings)
+        datasets: list[Dataset] = []
+        if self.settings.explain == "gradcam":
+            start = time.perf_counter()
+            assert self.explain_network is not None
+            top = int(np.argmax([f.probability for f in findings]))
+            explanation = explain_image(self.explain_network, data[self.format.input_key], volume, self.format.names,
+                                        class_index=top, target_layer=self.settings.explain_layer)
+            timings["explain"] = time.perf_counter() - start
+            if explanation.heatmap.max() > 0:
+                datasets.append(write_heatmap_seg(volume, explanation.heatmap, explanation.class_name, identity))
+            else:  # a constant class score has no spatial explanation; the SR still goes out
+                log.warning("pipeline %s: the Grad-CAM map of class %r is zero everywhere; no Grad-CAM SEG",
+                            self.name, explanation.class_name)
+        start = time.perf_counter()
+        datasets.append(write_sr(volume.datasets, identity, findings=findings))
+        timings["write"] = time.perf_counter() - start
+        return PipelineResult(datasets=datasets, measurements=measurements, timings_s=timings)
 
     def _run_segmentation(self, volume: Volume, identity: ResultIdentity, timings: dict[str, float]) -> PipelineResult:
         start = time.perf_counter()
-        labels = self.segment(volume)
+        segmented = self.segment_with_confidence(volume)
+        labels = segmented.labels
         timings["inference"] = time.perf_counter() - start
         present = [int(n) for n in np.unique(labels) if n > 0]
         if not present:
@@ -488,7 +606,8 @@ class BundlePipeline(Pipeline):
         start = time.perf_counter()
         specs = self.segment_specs(present)
         volumes = [
-            SegmentVolume(number, spec, float(np.count_nonzero(labels == spec.label)) * volume.voxel_volume_ml)
+            SegmentVolume(number, spec, float(np.count_nonzero(labels == spec.label)) * volume.voxel_volume_ml,
+                          confidence=segmented.confidence.get(spec.label))
             for number, spec in enumerate(specs, start=1)
         ]
         seg = write_seg(volume, labels, specs, identity, seg_format=self.settings.seg_format)
@@ -508,8 +627,11 @@ class BundlePipeline(Pipeline):
             outputs.extend(write_overlay(volume, labels, [spec.label for spec in specs], identity))
         timings["write"] = time.perf_counter() - start
         measurements = {f"{_slug(v.spec.name)}_volume_ml": v.volume_ml for v in volumes}
+        measurements.update({f"{_slug(v.spec.name)}_confidence": v.confidence for v in volumes
+                             if v.confidence is not None})
         return PipelineResult(datasets=outputs, measurements=measurements, timings_s=timings, fallbacks=fallbacks)
 
 
 __all__ = ["BundleError", "BundlePipeline", "BundleFiles", "locate_bundle", "data_format", "strip_transforms", "drop_transform_instances",
-           "to_meta_tensor", "resample_to_grid", "label_map", "class_probabilities", "GENERIC_TISSUE"]
+           "to_meta_tensor", "resample_to_grid", "label_map", "class_probabilities", "channel_probabilities",
+           "SegmentationOutput", "GENERIC_TISSUE"]

@@ -11,11 +11,18 @@ source volume grid, voxel (column, row, slice), LPS.
 TorchScript modules take no hooks, so the network is built from the bundle's ``network_def`` with
 the state dict ``models/model.pt`` (a bundle with only ``model.ts`` cannot be explained). The
 bundle's preprocessing is reused from a loaded :class:`pipelines.bundle.BundlePipeline`.
+
+In the node, ``explain = "gradcam"`` in a kind ``bundle`` table makes
+:class:`pipelines.bundle.BundlePipeline` load that hookable copy once (:func:`load_hookable_network`)
+and explain the class its SR reports as most probable with every run (:func:`explain_image`, on the
+image its own inference preprocessed).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import highdicom as hd
 import numpy as np
@@ -54,7 +61,8 @@ def _scale_to_unit(x: torch.Tensor) -> torch.Tensor:
 
 def gradcam_map(network: torch.nn.Module, image: torch.Tensor, class_index: int | None = None,
                 target_layer: str | None = None) -> tuple[np.ndarray, int, np.ndarray]:
-    """Grad-CAM of ``network`` for one channel-first image ``(1, X, Y, Z)`` (already preprocessed).
+    """Grad-CAM of ``network`` for one channel-first image ``(1, X, Y, Z)`` (already preprocessed),
+    computed on the device the network's parameters are on.
 
     Returns (map ``(X, Y, Z)`` float32 in [0, 1], the explained class index (the predicted class
     when ``class_index`` is None), class probabilities (softmax of the logits)).
@@ -65,15 +73,22 @@ def gradcam_map(network: torch.nn.Module, image: torch.Tensor, class_index: int 
     for module in network.modules():  # a hooked output must not be modified in place (autograd forbids it)
         if hasattr(module, "inplace") and isinstance(module.inplace, bool):
             module.inplace = False
-    x = torch.as_tensor(image).as_subclass(torch.Tensor)[None].float()
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    x = torch.as_tensor(image).as_subclass(torch.Tensor)[None].float().to(device)
     with torch.no_grad():
         logits = network(x).reshape(-1)
     probabilities = torch.softmax(logits, dim=0).cpu().numpy().astype(np.float64)
     if class_index is None:
         class_index = int(np.argmax(probabilities))
-    cam = GradCAM(nn_module=network, target_layers=target_layer or last_convolution(network),
-                  postprocessing=_scale_to_unit)
-    heat = cam(x=x, class_idx=class_index)
+    if not 0 <= class_index < probabilities.size:
+        raise ValueError(f"class index {class_index} is not one of the network's {probabilities.size} classes")
+    layer = target_layer or last_convolution(network)
+    if layer not in dict(network.named_modules()):
+        raise ValueError(f"the network has no layer {layer!r} for Grad-CAM (last convolution: "
+                         f"{last_convolution(network)!r})")
+    cam = GradCAM(nn_module=network, target_layers=layer, postprocessing=_scale_to_unit)
+    with torch.enable_grad():
+        heat = cam(x=x, class_idx=class_index)
     return np.asarray(heat[0, 0].detach().cpu(), dtype=np.float32), class_index, probabilities
 
 
@@ -103,39 +118,64 @@ class Explanation:
     probabilities: np.ndarray
 
 
+def load_hookable_network(root: Path, inference: Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A fresh instance of the bundle's ``network_def`` (from ``inference``) with the weights of
+    ``<root>/models/model.pt`` (a state dict, or a checkpoint dict with a ``model`` entry), in eval
+    mode on ``device``: a module Grad-CAM can hook, unlike TorchScript."""
+    from monai.bundle import ConfigParser
+
+    model_pt = Path(root) / "models" / "model.pt"
+    if not model_pt.is_file():
+        raise ValueError(f"{model_pt} is missing: Grad-CAM needs the state dict (TorchScript takes no hooks)")
+    parser = ConfigParser()
+    parser.read_config(str(inference))
+    parser["bundle_root"] = str(root)
+    if "network_def" not in parser.get():
+        raise ValueError(f"{inference} has no network_def: Grad-CAM needs the network as Python modules")
+    network = parser.get_parsed_content("network_def", lazy=False)
+    state = torch.load(str(model_pt), map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(f"{model_pt} does not fit the network_def of {inference}: {exc}") from exc
+    return network.to(device).eval()
+
+
+def explain_image(network: torch.nn.Module, image: torch.Tensor, volume: Volume, names: Mapping[int, str],
+                  class_index: int | None = None, target_layer: str | None = None) -> Explanation:
+    """Grad-CAM of ``network`` on ``image``, the channel-first output of the bundle's preprocessing
+    for ``volume`` (a ``MetaTensor`` whose affine maps its voxels to RAS mm; a plain tensor is taken
+    to be on the volume's own grid); the map comes back on ``volume``'s grid. ``names`` maps class
+    indices to names (``channel_def``)."""
+    from pipelines.bundle import ras_affine
+
+    affine = np.asarray(getattr(image, "affine", torch.as_tensor(ras_affine(volume))), dtype=np.float64)
+    heat, index, probabilities = gradcam_map(network, image, class_index, target_layer)
+    return Explanation(
+        heatmap=to_source_grid(heat, affine, volume),
+        class_index=index,
+        class_name=names.get(index) or f"class {index}",
+        probabilities=probabilities,
+    )
+
+
 def explain_bundle(pipeline, volume: Volume, class_index: int | None = None,
                    target_layer: str | None = None) -> Explanation:
     """Grad-CAM for a classification bundle served by ``pipeline`` (a
     :class:`pipelines.bundle.BundlePipeline`): its preprocessing, its ``network_def`` +
     ``models/model.pt``; the map comes back on ``volume``'s grid."""
-    from monai.bundle import ConfigParser
-
-    from pipelines.bundle import ras_affine, to_meta_tensor
+    from pipelines.bundle import to_meta_tensor
 
     pipeline.load()
-    model_pt = pipeline.files.root / "models" / "model.pt"
-    if not model_pt.is_file():
-        raise ValueError(f"{model_pt} is missing: Grad-CAM needs the state dict (TorchScript takes no hooks)")
-    parser = ConfigParser()
-    parser.read_config(str(pipeline.files.inference))
-    parser["bundle_root"] = str(pipeline.files.root)
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(str(model_pt), map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    network = getattr(pipeline, "explain_network", None) or load_hookable_network(
+        pipeline.files.root, pipeline.files.inference, pipeline.device or "cpu")
     key = pipeline.format.input_key
     data = {key: to_meta_tensor(volume)}
     if pipeline.preprocessing is not None:
         data = pipeline.preprocessing(data)
-    image = data[key]
-    affine = np.asarray(getattr(image, "affine", torch.as_tensor(ras_affine(volume))), dtype=np.float64)
-    with torch.enable_grad():
-        heat, index, probabilities = gradcam_map(network, image, class_index, target_layer)
-    return Explanation(
-        heatmap=to_source_grid(heat, affine, volume),
-        class_index=index,
-        class_name=pipeline.format.names.get(index) or f"class {index}",
-        probabilities=probabilities,
-    )
+    return explain_image(network, data[key], volume, pipeline.format.names, class_index, target_layer)
 
 
 def write_heatmap_seg(volume: Volume, heatmap: np.ndarray, name: str, identity: ResultIdentity) -> Dataset:
@@ -143,6 +183,8 @@ def write_heatmap_seg(volume: Volume, heatmap: np.ndarray, name: str, identity: 
     (shape ``volume.array.shape``, values in [0, 1]); slices where the map is 0 are omitted."""
     if heatmap.shape != volume.array.shape:
         raise ValueError(f"heatmap shape {heatmap.shape} differs from the volume shape {volume.array.shape}")
+    if not (heatmap > 0).any():
+        raise ValueError(f"the Grad-CAM map of {name!r} is zero everywhere: a SEG needs at least one frame")
     spec = SegmentSpec(label=1, name=f"Grad-CAM {name}"[:64], category=SALIENCY_CATEGORY,
                        type=CodeSpec(value="GRADCAM", scheme="99RADNODE", meaning="Grad-CAM relevance"))
     frames = np.ascontiguousarray(np.clip(heatmap, 0.0, 1.0).transpose(2, 1, 0))

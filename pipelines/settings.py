@@ -34,6 +34,8 @@ class SegmentSpec(BaseModel):
 
 
 SegFormat = Literal["auto", "binary", "fractional", "labelmap"]
+#: How a classification bundle explains its decision: ``none``, or ``gradcam`` (pipelines.explain).
+ExplainMethod = Literal["none", "gradcam"]
 
 
 class BrainExtractionSettings(BaseModel):
@@ -64,6 +66,15 @@ class BundleSettings(BaseModel):
     write_sr: bool = True
     write_overlay: bool = True
     accepts_modality: list[str] = Field(default_factory=list, description="Empty: any modality")
+    explain: ExplainMethod = Field(
+        "none",
+        description="gradcam: a classification bundle also returns a Grad-CAM map of the predicted class "
+        "as a FRACTIONAL SEG (needs models/model.pt and network_def; pipelines.explain)",
+    )
+    explain_layer: str | None = Field(
+        None, min_length=1,
+        description="Dotted module name of the layer Grad-CAM weighs (default: the network's last convolution)",
+    )
 
 
 PipelineSettings = Annotated[Union[BrainExtractionSettings, BundleSettings], Field(discriminator="kind")]

@@ -2,7 +2,11 @@
 
 * Segmentation results: one TID 1411 Volumetric ROI group per SEG segment, holding the segment's
   volume in mL (UCUM ``mL``; pydicom's code dictionary has none) and a reference to the segment
-  (SEG SOP instance + segment number + source series).
+  (SEG SOP instance + segment number + source series). When the pipeline knows it, the group also
+  holds the segment's confidence: (111012, DCM, "Certainty of Finding"), the concept the CAD SR
+  templates of PS3.16 use for how certain a machine is of a finding, in UCUM ``%`` (0..100), with
+  Derivation (121401, DCM) = (373098007, SCT, "Mean"): 100 x the mean, over the segment's voxels,
+  of the model's probability for the segment's label (:attr:`SegmentVolume.confidence`).
 * Classification results: one TID 1501 group per class with a qualitative evaluation
   (Finding = class) and its probability (unitless, 0..1).
 
@@ -29,16 +33,22 @@ from pipelines.writers.seg import coded
 MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 PROBABILITY = hd.sr.CodedConcept("PROB", "99RADNODE", "Probability")
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
+CERTAINTY_OF_FINDING = hd.sr.CodedConcept("111012", "DCM", "Certainty of Finding")
+MEAN = hd.sr.CodedConcept("373098007", "SCT", "Mean")
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 
 
 @dataclass(frozen=True)
 class SegmentVolume:
-    """The volume (mL = cm^3) of SEG segment ``segment_number`` (1-based) described by ``spec``."""
+    """The volume (mL = cm^3) of SEG segment ``segment_number`` (1-based) described by ``spec``, and
+    optionally its ``confidence``: the mean, over the segment's voxels, of the model's probability
+    for the segment's label (a fraction in [0, 1]; written to the SR in percent)."""
 
     segment_number: int
     spec: SegmentSpec
     volume_ml: float
+    confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,14 @@ def write_sr(
     for item in volumes:
         if not item.volume_ml >= 0:
             raise ValueError(f"volume of segment {item.segment_number} is {item.volume_ml} mL")
+        measurements = [
+            hd.sr.Measurement(name=codes.SCT.Volume, value=float(item.volume_ml), unit=MILLILITER, algorithm_id=algorithm)
+        ]
+        if item.confidence is not None:
+            if not 0.0 <= item.confidence <= 1.0:
+                raise ValueError(f"confidence of segment {item.segment_number} is {item.confidence}, not in [0, 1]")
+            measurements.append(hd.sr.Measurement(name=CERTAINTY_OF_FINDING, value=100.0 * float(item.confidence),
+                                                  unit=PERCENT, derivation=MEAN, algorithm_id=algorithm))
         referenced = hd.sr.ReferencedSegment(
             sop_class_uid=seg.SOPClassUID,
             sop_instance_uid=seg.SOPInstanceUID,
@@ -102,11 +120,7 @@ def write_sr(
                 finding_type=coded(item.spec.type),
                 finding_category=coded(item.spec.category),
                 algorithm_id=algorithm,
-                measurements=[
-                    hd.sr.Measurement(
-                        name=codes.SCT.Volume, value=float(item.volume_ml), unit=MILLILITER, algorithm_id=algorithm
-                    )
-                ],
+                measurements=measurements,
             )
         )
     for index, finding in enumerate(findings, start=1):

@@ -7,6 +7,10 @@ The networks are tiny and their weights are set by hand, so each does a known jo
   argmax is "sphere" where the local mean intensity is above 200 (background ~100, sphere ~300).
 * :class:`BrightFraction`: a classifier whose logits are ``(-s, s)`` with ``s = gain * (fraction of
   voxels above 0.5 after scaling - 1 %)``: "sphere" when more than 1 % of the volume is bright.
+
+One bundle is trained rather than hand-set, because Grad-CAM needs learned convolutions:
+:func:`build_blob_classifier_bundle`, a small DenseNet (state dict + ``network_def``) that tells
+noise volumes with a bright blob (:func:`blob_volume`) from noise alone, in a few seconds on CPU.
 """
 
 from __future__ import annotations
@@ -210,4 +214,96 @@ def build_classification_bundle(root: Path) -> Path:
     _write_json(root / "configs" / "metadata.json", metadata("sphere_classification", classification=True))
     _write_json(root / "configs" / "inference.json", classification_inference())
     save_torchscript(BrightFraction(), root / "models" / "model.ts")
+    return root
+
+
+# ------------------------------------------------------------------------------------------ Grad-CAM
+
+BLOB_SHAPE = (32, 32, 32)
+BLOB_RADIUS = 4.0
+#: A small DenseNet: global average pooling makes it position-independent (the blob moves).
+BLOB_NETWORK_DEF = {"_target_": "DenseNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
+                    "init_features": 8, "growth_rate": 8, "block_config": [2, 2], "bn_size": 2}
+
+
+def blob_volume(rng: np.random.Generator, with_blob: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(image float32, blob mask uint8), both :data:`BLOB_SHAPE` voxels: noise (sd 1) plus, when
+    ``with_blob``, a ball of radius 4 voxels and +3 intensity at a random place inside."""
+    image = rng.normal(0.0, 1.0, BLOB_SHAPE).astype(np.float32)
+    mask = np.zeros(BLOB_SHAPE, dtype=np.uint8)
+    if with_blob:
+        centre = rng.uniform(BLOB_RADIUS + 2, np.array(BLOB_SHAPE) - BLOB_RADIUS - 3)
+        grid = np.stack(np.meshgrid(*[np.arange(s) for s in BLOB_SHAPE], indexing="ij"), axis=-1)
+        mask = (np.linalg.norm(grid - centre, axis=-1) <= BLOB_RADIUS).astype(np.uint8)
+        image += 3.0 * mask
+    return image, mask
+
+
+def _zscore(image: np.ndarray) -> np.ndarray:
+    return (image - image.mean()) / image.std()
+
+
+def train_blob_classifier(network_def: dict[str, Any] = BLOB_NETWORK_DEF, cases: int = 64, max_epochs: int = 40
+                          ) -> torch.nn.Module:
+    """Train ``network_def`` (blob vs no blob, seeded) until it classifies every training case right."""
+    from monai.bundle import ConfigParser
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    rng = np.random.default_rng(0)
+    labels = np.arange(cases) % 2
+    x = torch.from_numpy(np.stack([_zscore(blob_volume(rng, bool(y))[0]) for y in labels])[:, None])
+    y = torch.from_numpy(labels).long()
+    network = ConfigParser({"net": network_def}).get_parsed_content("net")
+    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
+    accuracy = 0.0
+    for epoch in range(max_epochs):
+        network.train()
+        order = torch.randperm(len(y))
+        for start in range(0, len(y), 16):
+            batch = order[start:start + 16]
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(network(x[batch]), y[batch])
+            loss.backward()
+            optimizer.step()
+        network.eval()
+        with torch.no_grad():
+            accuracy = float((network(x).argmax(1) == y).float().mean())
+        if accuracy == 1.0 and epoch >= 7:
+            break
+    if accuracy < 0.95:
+        raise AssertionError(f"the blob classifier reached only {accuracy:.2f} training accuracy")
+    return network.eval()
+
+
+def build_blob_classifier_bundle(root: Path, network_def: dict[str, Any] = BLOB_NETWORK_DEF) -> Path:
+    """Train the blob classifier and write it as a MONAI bundle (``models/model.pt`` for ``network_def``)."""
+    network = train_blob_classifier(network_def)
+    (root / "models").mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), root / "models" / "model.pt")
+    _write_json(root / "configs" / "metadata.json", {
+        "name": "blob-classifier", "version": "0.1.0",
+        "network_data_format": {
+            "inputs": {"image": {"type": "image", "format": "magnitude", "num_channels": 1,
+                                 "spatial_shape": list(BLOB_SHAPE), "channel_def": {"0": "image"}}},
+            "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 2,
+                                 "spatial_shape": [2], "channel_def": {"0": "no blob", "1": "blob"}}},
+        },
+    })
+    _write_json(root / "configs" / "inference.json", {
+        "bundle_root": ".",
+        "device": "$torch.device('cpu')",
+        "network_def": network_def,
+        "preprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
+            {"_target_": "EnsureChannelFirstd", "keys": "image"},
+            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS",
+             "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
+            {"_target_": "NormalizeIntensityd", "keys": "image"},
+        ]},
+        "inferer": {"_target_": "SimpleInferer"},
+        "postprocessing": {"_target_": "Compose", "transforms": [
+            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
+        ]},
+    })
     return root

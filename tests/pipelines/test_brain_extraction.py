@@ -15,6 +15,7 @@ from pipelines.nifti_series import read_mask_on_grid, write_nifti_as_series
 from pipelines.registry import create_pipeline
 from pipelines.settings import BrainExtractionSettings
 from pipelines.volume import Volume, load_series
+from pipelines.writers.sr import CERTAINTY_OF_FINDING
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
 from tests.support.series import write_series
 
@@ -72,12 +73,22 @@ def test_brain_mask_matches_the_shipped_mni152_mask_with_dice_of_at_least_0_90(r
 
 def test_sr_brain_volume_equals_the_seg_voxel_volume_within_1_percent(run: Run) -> None:
     sr = next(ds for ds in run.result.datasets if ds.Modality == "SR")
-    numbers = [item for item in _content_items(sr) if item.get("ValueType") == "NUM"]
+    numbers = [item for item in _content_items(sr) if item.get("ValueType") == "NUM"
+               and item.ConceptNameCodeSequence[0].CodeMeaning == "Volume"]
     assert len(numbers) == 1
     reported = float(numbers[0].MeasuredValueSequence[0].NumericValue)
     seg_volume = np.count_nonzero(_seg_mask(run)) * run.volume.voxel_volume_ml
     assert reported == pytest.approx(seg_volume, rel=0.01)
     assert run.result.measurements["brain_volume_ml"] == pytest.approx(seg_volume, rel=0.01)
+
+
+def test_sr_reports_the_mean_brain_probability_inside_the_mask_as_certainty_of_finding(run: Run) -> None:
+    sr = hd.sr.Comprehensive3DSR.from_dataset(next(ds for ds in run.result.datasets if ds.Modality == "SR"), copy=True)
+    certainty = sr.content.get_volumetric_roi_measurement_groups()[0].get_measurements(name=CERTAINTY_OF_FINDING)
+    assert len(certainty) == 1 and certainty[0].unit.value == "%"
+    print(f"brain confidence {certainty[0].value:.2f} %")
+    assert 50.0 < certainty[0].value <= 100.0
+    assert run.result.measurements["brain_confidence"] == pytest.approx(certainty[0].value / 100, abs=1e-6)
 
 
 def test_outputs_are_a_fractional_seg_an_sr_and_overlay_images_for_218_by_182_frames(run: Run) -> None:

@@ -17,6 +17,7 @@ from pipelines.bundle import GENERIC_TISSUE, BundleError
 from pipelines.registry import create_pipeline
 from pipelines.settings import BundleSettings, CodeSpec, SegmentSpec
 from pipelines.volume import Volume, load_series
+from pipelines.writers.sr import CERTAINTY_OF_FINDING
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
 from tests.pipelines.bundle_builder import build_classification_bundle, build_segmentation_bundle, write_phantom_series
 
@@ -111,6 +112,17 @@ def test_sr_volume_of_the_sphere_equals_the_seg_voxel_volume(run: Run) -> None:
     seg_ml = np.count_nonzero(_seg_mask(_only(run.result, "SEG"), run.volume)) * run.volume.voxel_volume_ml
     assert reported == pytest.approx(seg_ml, rel=1e-3)
     assert run.result.measurements["sphere_volume_ml"] == pytest.approx(seg_ml, rel=1e-3)
+
+
+def test_sr_reports_the_mean_sphere_probability_as_certainty_of_finding_in_percent(run: Run) -> None:
+    sr = hd.sr.Comprehensive3DSR.from_dataset(_only(run.result, "SR"), copy=True)
+    groups = sr.content.get_volumetric_roi_measurement_groups()
+    certainty = groups[0].get_measurements(name=CERTAINTY_OF_FINDING)
+    assert len(groups) == 1 and len(certainty) == 1
+    assert certainty[0].unit.value == "%" and certainty[0].derivation.value == "373098007"  # SCT Mean
+    print(f"sphere confidence {certainty[0].value:.1f} %")
+    assert 50.0 < certainty[0].value <= 100.0
+    assert run.result.measurements["sphere_confidence"] == pytest.approx(certainty[0].value / 100, abs=1e-6)
 
 
 def test_seg_sr_and_overlay_pass_dciodvfy_without_errors(run: Run, tmp_path: Path) -> None:

@@ -1,9 +1,10 @@
 """Grad-CAM for a small classification bundle trained here on synthetic volumes whose class is
-decided by one bright blob: the map's peak must lie in the blob, and it goes out as a FRACTIONAL SEG."""
+decided by one bright blob: the map must be higher in the blob than outside it, it goes out as a
+FRACTIONAL SEG, and ``explain = "gradcam"`` makes every run of the bundle return that SEG."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
@@ -11,99 +12,36 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-import torch
 
-from pipelines.base import RuntimeOptions, SourceSeries
-from pipelines.explain import explain_bundle, write_heatmap_seg
+from pydantic import ValidationError
+
+from pipelines.base import PipelineResult, RuntimeOptions, SourceSeries
+from pipelines.bundle import BundleError, BundlePipeline
+from pipelines.explain import Explanation, explain_bundle, write_heatmap_seg
 from pipelines.nifti_series import read_mask_on_grid, write_nifti_as_series
 from pipelines.registry import create_pipeline
 from pipelines.settings import BundleSettings
-from pipelines.volume import load_series
+from pipelines.volume import Volume, load_series
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
-
-SHAPE = (32, 32, 32)
-RADIUS = 4.0
-#: A small DenseNet: global average pooling makes it position-independent (the blob moves).
-NETWORK_DEF = {"_target_": "DenseNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "init_features": 8,
-               "growth_rate": 8, "block_config": [2, 2], "bn_size": 2}
+from tests.pipelines.bundle_builder import (blob_volume, build_blob_classifier_bundle, build_classification_bundle,
+                                            build_segmentation_bundle)
 
 
-def blob_volume(rng: np.random.Generator, with_blob: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Noise (sd 1) plus, for class 1, a ball of radius 4 voxels and +3 intensity at a random place."""
-    image = rng.normal(0.0, 1.0, SHAPE).astype(np.float32)
-    mask = np.zeros(SHAPE, dtype=np.uint8)
-    if with_blob:
-        centre = rng.uniform(RADIUS + 2, np.array(SHAPE) - RADIUS - 3)
-        grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), axis=-1)
-        mask = (np.linalg.norm(grid - centre, axis=-1) <= RADIUS).astype(np.uint8)
-        image += 3.0 * mask
-    return image, mask
-
-
-def zscore(image: np.ndarray) -> np.ndarray:
-    return (image - image.mean()) / image.std()
+@dataclass
+class Explained:
+    pipeline: BundlePipeline
+    series: SourceSeries
+    result: PipelineResult
+    volume: Volume
+    explanation: Explanation
+    blob: np.ndarray  # the discriminative blob on the volume grid
+    tmp_path: Path
 
 
 @pytest.fixture(scope="module")
 def classification_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Train a tiny MONAI Classifier (blob vs no blob) and write it as a MONAI bundle."""
-    from monai.bundle import ConfigParser
-    from monai.utils import set_determinism
-
-    set_determinism(seed=0)
-    torch.set_num_threads(2)
-    rng = np.random.default_rng(0)
-    labels = np.arange(64) % 2
-    x = torch.from_numpy(np.stack([zscore(blob_volume(rng, bool(y))[0]) for y in labels])[:, None])
-    y = torch.from_numpy(labels).long()
-    network = ConfigParser({"net": NETWORK_DEF}).get_parsed_content("net")
-    optimizer = torch.optim.Adam(network.parameters(), lr=3e-3)
-    for epoch in range(40):
-        network.train()
-        order = torch.randperm(len(y))
-        for start in range(0, len(y), 16):
-            batch = order[start:start + 16]
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(network(x[batch]), y[batch])
-            loss.backward()
-            optimizer.step()
-        network.eval()
-        with torch.no_grad():
-            accuracy = float((network(x).argmax(1) == y).float().mean())
-        if accuracy == 1.0 and epoch >= 7:
-            break
-    assert accuracy >= 0.95, accuracy
-
-    root = tmp_path_factory.mktemp("classifier") / "blob-classifier"
-    (root / "configs").mkdir(parents=True)
-    (root / "models").mkdir()
-    torch.save(network.state_dict(), root / "models" / "model.pt")
-    (root / "configs" / "metadata.json").write_text(json.dumps({
-        "name": "blob-classifier", "version": "0.1.0",
-        "network_data_format": {
-            "inputs": {"image": {"type": "image", "format": "magnitude", "num_channels": 1,
-                                 "spatial_shape": list(SHAPE), "channel_def": {"0": "image"}}},
-            "outputs": {"pred": {"type": "probabilities", "format": "classes", "num_channels": 2,
-                                 "spatial_shape": [2], "channel_def": {"0": "no blob", "1": "blob"}}},
-        },
-    }))
-    (root / "configs" / "inference.json").write_text(json.dumps({
-        "bundle_root": ".",
-        "device": "$torch.device('cpu')",
-        "network_def": NETWORK_DEF,
-        "preprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "LoadImaged", "keys": "image", "image_only": True},
-            {"_target_": "EnsureChannelFirstd", "keys": "image"},
-            {"_target_": "Orientationd", "keys": "image", "axcodes": "RAS",
-             "labels": [["L", "R"], ["P", "A"], ["I", "S"]]},
-            {"_target_": "NormalizeIntensityd", "keys": "image"},
-        ]},
-        "inferer": {"_target_": "SimpleInferer"},
-        "postprocessing": {"_target_": "Compose", "transforms": [
-            {"_target_": "Activationsd", "keys": "pred", "softmax": True},
-        ]},
-    }))
-    return root
+    """A tiny MONAI DenseNet trained here (blob vs no blob), written as a MONAI bundle."""
+    return build_blob_classifier_bundle(tmp_path_factory.mktemp("classifier") / "blob-classifier")
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +56,27 @@ def explained(classification_bundle: Path, tmp_path_factory: pytest.TempPathFact
                                   patient_id="BLOB1")
     pipeline = create_pipeline("blob", BundleSettings(path=classification_bundle),
                                RuntimeOptions(device="cpu", torch_threads=2))
-    result = pipeline.run(SourceSeries(pydicom.dcmread(paths[0]).SeriesInstanceUID, tuple(paths)))
+    series = SourceSeries(pydicom.dcmread(paths[0]).SeriesInstanceUID, tuple(paths))
+    result = pipeline.run(series)
     volume = load_series(paths)
     explanation = explain_bundle(pipeline, volume)
     blob = read_mask_on_grid(tmp_path / "blob.nii.gz", volume.affine, volume.array.shape)
-    return pipeline, result, volume, explanation, blob, tmp_path
+    return Explained(pipeline, series, result, volume, explanation, blob, tmp_path)
+
+
+def _heatmap_of(seg, volume: Volume) -> np.ndarray:
+    """A FRACTIONAL SEG's segment 1 read back onto the volume grid (column, row, slice), in [0, 1]."""
+    read = hd.seg.Segmentation.from_dataset(seg, copy=True)
+    uids = [f.dataset.SOPInstanceUID for f in volume.frames]
+    values = read.get_pixels_by_source_instance(uids, segment_numbers=[1], assert_missing_frames_are_empty=True,
+                                                rescale_fractional=True)
+    return values[..., 0].transpose(2, 1, 0)
 
 
 @pytest.mark.slow
-def test_gradcam_is_higher_in_the_blob_and_goes_out_as_a_valid_fractional_seg(explained) -> None:
-    pipeline, result, volume, explanation, blob, tmp_path = explained
+def test_gradcam_is_higher_in_the_blob_and_goes_out_as_a_valid_fractional_seg(explained: Explained) -> None:
+    pipeline, result, volume, explanation, blob, tmp_path = (explained.pipeline, explained.result, explained.volume,
+                                                             explained.explanation, explained.blob, explained.tmp_path)
     assert result.measurements["probability_blob"] > 0.5, result.measurements
     assert explanation.class_name == "blob" and explanation.heatmap.shape == volume.array.shape
     inside, outside = explanation.heatmap[blob].mean(), explanation.heatmap[~blob].mean()
@@ -138,8 +87,34 @@ def test_gradcam_is_higher_in_the_blob_and_goes_out_as_a_valid_fractional_seg(ex
     seg = write_heatmap_seg(volume, explanation.heatmap, explanation.class_name, identity)
     assert seg.SegmentationType == "FRACTIONAL" and seg.SeriesDescription.startswith("AI:")
     assert_dataset_dciodvfy_clean(seg, tmp_path, "gradcam.dcm")
-    read = hd.seg.Segmentation.from_dataset(seg, copy=True)
-    uids = [f.dataset.SOPInstanceUID for f in volume.frames]
-    values = read.get_pixels_by_source_instance(uids, segment_numbers=[1], assert_missing_frames_are_empty=True,
-                                                rescale_fractional=True)[..., 0].transpose(2, 1, 0)
-    assert np.abs(values - explanation.heatmap).max() <= 1.0 / 255 + 1e-6
+    assert np.abs(_heatmap_of(seg, volume) - explanation.heatmap).max() <= 1.0 / 255 + 1e-6
+
+
+def test_explain_gradcam_makes_each_run_return_the_gradcam_seg_beside_the_sr(explained: Explained) -> None:
+    pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam"),
+                               RuntimeOptions(device="cpu", torch_threads=2))
+    result = pipeline.run(explained.series)
+    assert [ds.Modality for ds in result.datasets] == ["SEG", "SR"]
+    seg = result.datasets[0]
+    identity = pipeline.identity(explained.series.series_instance_uid)
+    assert (seg.SOPInstanceUID, seg.SeriesInstanceUID) == (identity.uid("gradcam", 0), identity.series_uid("gradcam"))
+    assert seg.SegmentationType == "FRACTIONAL" and seg.SegmentSequence[0].SegmentLabel == "Grad-CAM blob"
+    assert result.measurements == pytest.approx(explained.result.measurements)
+    assert np.abs(_heatmap_of(seg, explained.volume) - explained.explanation.heatmap).max() <= 1.0 / 255 + 1e-6
+
+
+def test_explain_gradcam_on_a_segmentation_bundle_is_refused_when_the_pipeline_is_built(tmp_path: Path) -> None:
+    root = build_segmentation_bundle(tmp_path / "segmenter", weights="state_dict")
+    with pytest.raises(BundleError, match="needs a classification bundle"):
+        create_pipeline("seg", BundleSettings(path=root, explain="gradcam"), RuntimeOptions())
+
+
+def test_explain_gradcam_on_a_torchscript_only_bundle_is_refused_naming_model_pt(tmp_path: Path) -> None:
+    root = build_classification_bundle(tmp_path / "classifier")
+    with pytest.raises(BundleError, match=r"models/model\.pt \(a state dict for network_def\)"):
+        create_pipeline("cls", BundleSettings(path=root, explain="gradcam"), RuntimeOptions())
+
+
+def test_explain_accepts_only_none_or_gradcam(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="explain"):
+        BundleSettings(path=tmp_path, explain="shap")
