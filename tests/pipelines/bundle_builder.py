@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from pipelines.nifti_series import write_dicom_series
+from pipelines.settings import CodeSpec, SegmentSpec
 from tests.pipelines.synthetic import oblique_cosines
 
 #: Phantom grid (columns, rows, slices), voxel size (mm) and sphere geometry.
@@ -31,7 +32,14 @@ SHAPE = (48, 40, 26)
 SPACING = (1.0, 1.2, 2.0)
 SPHERE_CENTRE_VOXEL = (30.0, 14.0, 9.0)  # off-centre on every axis, so a flipped axis misses it
 SPHERE_RADIUS_MM = 13.0
-BACKGROUND, SPHERE, NOISE_SD = 100.0, 300.0, 30.0
+BACKGROUND, SPHERE_VALUE, NOISE_SD = 100.0, 300.0, 30.0
+#: How a pipeline configured for the sphere codes its segment.
+SPHERE = SegmentSpec(
+    label=1,
+    name="Sphere",
+    category=CodeSpec(value="49755003", meaning="Morphologically Altered Structure"),
+    type=CodeSpec(value="4147007", meaning="Mass"),
+)
 
 
 def phantom_affine() -> np.ndarray:
@@ -56,7 +64,7 @@ def sphere_phantom(*, with_sphere: bool = True, seed: int = 0) -> tuple[np.ndarr
     if not with_sphere:
         truth[:] = False
     rng = np.random.default_rng(seed)
-    image = BACKGROUND + (SPHERE - BACKGROUND) * truth + rng.normal(0.0, NOISE_SD, size=SHAPE)
+    image = BACKGROUND + (SPHERE_VALUE - BACKGROUND) * truth + rng.normal(0.0, NOISE_SD, size=SHAPE)
     return np.round(image).astype(np.int16), truth
 
 

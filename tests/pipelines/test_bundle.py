@@ -19,14 +19,9 @@ from pipelines.settings import BundleSettings, CodeSpec, SegmentSpec
 from pipelines.volume import Volume, load_series
 from pipelines.writers.sr import CERTAINTY_OF_FINDING
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
-from tests.pipelines.bundle_builder import build_classification_bundle, build_segmentation_bundle, write_phantom_series
+from tests.pipelines.bundle_builder import (SPHERE, build_classification_bundle, build_segmentation_bundle,
+                                            write_phantom_series)
 
-SPHERE = SegmentSpec(
-    label=1,
-    name="Sphere",
-    category=CodeSpec(value="49755003", meaning="Morphologically Altered Structure"),
-    type=CodeSpec(value="4147007", meaning="Mass"),
-)
 
 
 @dataclass

@@ -1,4 +1,6 @@
-"""``radnode evaluate`` on the real MNI152 head and its shipped mask, plus the pure metric helpers.
+"""``radnode evaluate`` on the real MNI152 head and its shipped mask, on one phantom case in both
+input layouts (NIfTI labels, and a DICOM series with a DICOM SEG ground truth), plus the pure
+metric helpers.
 
 Artifact for a person to look at: test-artifacts/evaluate/report.png (the HTML report as headless
 Chromium renders it).
@@ -11,6 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -23,6 +26,9 @@ from pipelines.registry import create_pipeline
 from pipelines.seg_reader import seg_mask_on_volume
 from pipelines.settings import BrainExtractionSettings
 from pipelines.volume import load_series
+from pipelines.writers.common import ResultIdentity
+from pipelines.writers.seg import write_seg
+from tests.pipelines.bundle_builder import SPHERE, build_segmentation_bundle, phantom_affine, sphere_phantom
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "evaluate"
@@ -69,6 +75,45 @@ def test_find_cases_names_unmatched_images(tmp_path: Path) -> None:
         find_cases(tmp_path / "images", tmp_path / "labels")
     (tmp_path / "images" / "b.nii").unlink()
     assert [c.name for c in find_cases(tmp_path / "images", tmp_path / "labels")] == ["a"]
+
+
+# ---------------------------------------------------------------------------------------- DICOM SEG labels
+
+
+def test_dicom_series_with_a_dicom_seg_ground_truth_scores_the_same_dice_as_its_nifti_labels(tmp_path: Path) -> None:
+    """One sphere phantom in both layouts of the same ``--images``/``--labels`` pair: ``nifti_case``
+    (NIfTI image + NIfTI mask) and ``dicom_case`` (the DICOM series written from that NIfTI, with
+    the mask as a DICOM SEG on it). The sphere bundle must score both the same."""
+    images, labels, out = tmp_path / "images", tmp_path / "labels", tmp_path / "out"
+    labels.mkdir()
+    image, truth = sphere_phantom()
+    affine_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ phantom_affine()
+    images.mkdir()
+    nib.save(nib.Nifti1Image(image, affine_ras), str(images / "nifti_case.nii.gz"))
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), affine_ras), str(labels / "nifti_case.nii.gz"))
+    paths = write_nifti_as_series(images / "nifti_case.nii.gz", images / "dicom_case", patient_name="Phantom^Gt",
+                                  patient_id="PH-GT")
+    volume = load_series(paths)
+    mask = read_mask_on_grid(labels / "nifti_case.nii.gz", volume.affine, volume.array.shape)
+    identity = ResultIdentity(volume.frames[0].dataset.SeriesInstanceUID, "ground-truth", "annotator", "1")
+    write_seg(volume, mask.astype(np.uint8), [SPHERE], identity).save_as(labels / "dicom_case.dcm",
+                                                                        enforce_file_format=True)
+    bundle = build_segmentation_bundle(tmp_path / "sphere-bundle")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[workers]\ndevice = "cpu"\ntorch_threads = 2\n\n[pipelines.sphere]\nkind = "bundle"\n'
+                      f'path = "{bundle.as_posix()}"\nwrite_overlay = false\n')
+
+    code = main(["evaluate", "--config", str(config), "--pipeline", "sphere", "--images", str(images),
+                 "--labels", str(labels), "--out", str(out), "--no-progress"])
+
+    assert code == 0
+    cases = {case["name"]: case for case in json.loads((out / "report.json").read_text())["cases"]}
+    assert set(cases) == {"nifti_case", "dicom_case"}
+    print(f"Dice with DICOM SEG labels {cases['dicom_case']['dice']:.4f}, "
+          f"with NIfTI labels {cases['nifti_case']['dice']:.4f}")
+    assert cases["nifti_case"]["dice"] >= 0.9
+    assert cases["dicom_case"]["dice"] == pytest.approx(cases["nifti_case"]["dice"], abs=1e-9)
+    assert cases["dicom_case"]["reference_ml"] == pytest.approx(cases["nifti_case"]["reference_ml"], rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------- MNI152
