@@ -406,6 +406,11 @@ class BundlePipeline(Pipeline):
                 self.explain_network = load_hookable_network(self.files.root, self.files.inference, self.device)
             except Exception as exc:  # noqa: BLE001 - a bad network_def or state dict names the bundle
                 raise BundleError(f"pipeline {self.name}: cannot load the network for Grad-CAM: {exc}") from exc
+            layers = dict(self.explain_network.named_modules())
+            if self.settings.explain_layer is not None and self.settings.explain_layer not in layers:
+                raise BundleError(f"pipeline {self.name}: explain_layer {self.settings.explain_layer!r} is not a "
+                                  f"module of the network_def in {self.files.inference} (e.g. "
+                                  f"{', '.join(repr(n) for n in list(layers)[1:6])})")
         self._warn_uncoded_labels()
         self.load_time_s = time.perf_counter() - start
 

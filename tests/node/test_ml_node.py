@@ -160,6 +160,14 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+def _heatmap(seg_path: Path, volume: Volume) -> np.ndarray:
+    """A FRACTIONAL SEG's segment 1 on the volume grid (column, row, slice), values in [0, 1]."""
+    uids = [f.dataset.SOPInstanceUID for f in volume.frames]
+    pixels = hd.seg.segread(seg_path).get_pixels_by_source_instance(
+        uids, segment_numbers=[1], assert_missing_frames_are_empty=True, rescale_fractional=True)
+    return pixels[..., 0].transpose(2, 1, 0)
+
+
 def _certainty_percent(sr_path: Path) -> float:
     sr = hd.sr.Comprehensive3DSR.from_dataset(pydicom.dcmread(sr_path))
     found = sr.content.get_volumetric_roi_measurement_groups()[0].get_measurements(name=CERTAINTY_OF_FINDING)
@@ -177,12 +185,15 @@ def test_classification_bundle_with_explain_gradcam_delivers_a_valid_fractional_
     assert_dciodvfy_clean(path)
     seg = hd.seg.segread(path)
     assert seg.SegmentationType == "FRACTIONAL" and seg.SeriesDescription.startswith("AI: Grad-CAM blob")
-    uids = [f.dataset.SOPInstanceUID for f in served.blob.volume.frames]
-    heat = seg.get_pixels_by_source_instance(uids, segment_numbers=[1], assert_missing_frames_are_empty=True,
-                                             rescale_fractional=True)[..., 0].transpose(2, 1, 0)
+    heat = _heatmap(path, served.blob.volume)
     inside, outside = heat[served.blob.reference].mean(), heat[~served.blob.reference].mean()
     print(f"delivered Grad-CAM: mean inside the blob {inside:.3f}, outside {outside:.3f}")
     assert inside > 1.5 * outside
+
+
+def test_delivered_gradcam_peaks_inside_the_blob(served: Served) -> None:
+    heat = _heatmap(_only(served.blob.received_of("SEG")), served.blob.volume)
+    assert served.blob.reference[np.unravel_index(int(np.argmax(heat)), heat.shape)]
 
 
 def test_gradcam_seg_has_the_stable_uids_of_its_series_pipeline_and_model_version(served: Served) -> None:

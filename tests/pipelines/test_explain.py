@@ -90,6 +90,14 @@ def test_gradcam_is_higher_in_the_blob_and_goes_out_as_a_valid_fractional_seg(ex
     assert np.abs(_heatmap_of(seg, volume) - explanation.heatmap).max() <= 1.0 / 255 + 1e-6
 
 
+def test_gradcam_peak_lies_inside_the_blob(explained: Explained) -> None:
+    heat, blob, volume = explained.explanation.heatmap, explained.blob, explained.volume
+    peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    offset_mm = np.linalg.norm(volume.affine[:3, :3] @ (np.asarray(peak) - np.argwhere(blob).mean(axis=0)))
+    print(f"Grad-CAM peak {offset_mm:.1f} mm from the blob centre")
+    assert blob[peak]
+
+
 def test_explain_gradcam_makes_each_run_return_the_gradcam_seg_beside_the_sr(explained: Explained) -> None:
     pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam"),
                                RuntimeOptions(device="cpu", torch_threads=2))
@@ -113,6 +121,13 @@ def test_explain_gradcam_on_a_torchscript_only_bundle_is_refused_naming_model_pt
     root = build_classification_bundle(tmp_path / "classifier")
     with pytest.raises(BundleError, match=r"models/model\.pt \(a state dict for network_def\)"):
         create_pipeline("cls", BundleSettings(path=root, explain="gradcam"), RuntimeOptions())
+
+
+def test_explain_layer_that_the_network_lacks_fails_at_load_naming_it(explained: Explained) -> None:
+    pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam",
+                                                      explain_layer="features.conv9"), RuntimeOptions())
+    with pytest.raises(BundleError, match="explain_layer 'features.conv9' is not a module"):
+        pipeline.load()
 
 
 def test_explain_accepts_only_none_or_gradcam(tmp_path: Path) -> None:
