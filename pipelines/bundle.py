@@ -484,16 +484,15 @@ class BundlePipeline(Pipeline):
         if self.postprocessing is None:
             before_discretising = prediction if keep_probabilities else None
         elif keep_probabilities:
-            post = self.postprocessing.flatten() if hasattr(self.postprocessing, "flatten") else None
-            if post is None:  # a single transform rather than a Compose
-                before_discretising = prediction if type(self.postprocessing).__name__ in DISCRETISERS else None
-                data = self.postprocessing(data)
-            else:
-                cut = next((i for i, t in enumerate(post.transforms) if type(t).__name__ in DISCRETISERS),
-                           len(post.transforms))
-                data = post(data, end=cut)
-                before_discretising = data[out_key]
-                data = post(data, start=cut)
+            from monai.transforms import Compose
+
+            post = (self.postprocessing.flatten() if isinstance(self.postprocessing, Compose)
+                    else Compose([self.postprocessing]))
+            cut = next((i for i, t in enumerate(post.transforms) if type(t).__name__ in DISCRETISERS),
+                       len(post.transforms))
+            data = post(data, end=cut)
+            before_discretising = data[out_key]
+            data = post(data, start=cut)
         else:
             data = self.postprocessing(data)
         return data[out_key], data, before_discretising
@@ -585,7 +584,8 @@ class BundlePipeline(Pipeline):
         datasets: list[Dataset] = []
         if self.settings.explain == "gradcam":
             start = time.perf_counter()
-            assert self.explain_network is not None
+            if self.explain_network is None:
+                raise BundleError(f"pipeline {self.name}: explain = 'gradcam' but load() has not loaded its network")
             top = int(np.argmax([f.probability for f in findings]))
             explanation = explain_image(self.explain_network, data[self.format.input_key], volume, self.format.names,
                                         class_index=top, target_layer=self.settings.explain_layer)

@@ -11,11 +11,12 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from pipelines.base import Pipeline, PipelineRefusal, PipelineResult, RuntimeOptions, SourceSeries
-from pipelines.bundle import GENERIC_TISSUE, BundleError
+from pipelines.bundle import GENERIC_TISSUE, BundleError, channel_probabilities
 from pipelines.registry import create_pipeline
-from pipelines.settings import BundleSettings, CodeSpec, SegmentSpec
+from pipelines.settings import BundleSettings
 from pipelines.volume import Volume, load_series
 from pipelines.writers.sr import CERTAINTY_OF_FINDING
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
@@ -208,3 +209,17 @@ def test_classification_of_a_phantom_without_the_sphere_favours_no_sphere(tmp_pa
     paths, _ = write_phantom_series(tmp_path / "empty", with_sphere=False)
     result = create_pipeline("sphere-classifier", BundleSettings(path=root), RuntimeOptions()).run(_series(paths))
     assert result.measurements["probability_no_sphere"] > 0.9
+
+
+def test_channel_probabilities_keep_probabilities_and_turn_logits_into_softmax() -> None:
+    probabilities = torch.tensor([0.2, 0.9]).reshape(2, 1, 1, 1).expand(2, 2, 2, 2)
+    assert torch.equal(channel_probabilities(probabilities), probabilities)
+    logits = torch.tensor([1.0, 3.0]).reshape(2, 1, 1, 1).expand(2, 2, 2, 2)
+    assert torch.allclose(channel_probabilities(logits)[1], torch.sigmoid(torch.tensor(2.0)))
+
+
+def test_channel_probabilities_are_none_for_integer_labels_and_one_hot_maps() -> None:
+    labels = torch.tensor([0.0, 1.0, 2.0, 0.0]).reshape(1, 2, 2, 1)
+    one_hot = torch.stack([labels == 0, labels == 1, labels == 2]).squeeze(1).float()
+    assert channel_probabilities(labels) is None
+    assert channel_probabilities(one_hot) is None
