@@ -19,14 +19,15 @@ What changes (only for associations accepted by a server built with :class:`Tune
     or an A-RELEASE/A-ABORT primitive (``dul.to_user_queue``). The 1 ms timeout is kept, so the
     timers it checks (network idle timeout, DUL thread alive) behave exactly as before and an idle
     association costs no more CPU than before; it just no longer sleeps when work is waiting.
-  - The DUL thread's idle sleep becomes ``select()`` on the association's socket with the same
-    timeout (at most :data:`DUL_POLL_S`): an incoming PDU is read as soon as it arrives instead of
-    after the rest of a 1 ms sleep. A response queued by the association thread still waits up to
-    :data:`DUL_POLL_S` before it is sent (waking the DUL for that would need a wake-up fd).
-  Neither change adds wake-ups: an idle association costs the same CPU as before. (A shorter
-  DUL_POLL_S, e.g. 200 us, removes the last wait too, but on a loaded 2-core machine busier
-  polling measured slower, as FIELD-NOTES.md also saw for shorter sleeps; re-measure quietly
-  before lowering it.)
+  - The DUL thread's idle sleep becomes ``select()`` on the association's socket and on a
+    per-association eventfd, with the same timeout (at most :data:`DUL_POLL_S`): an incoming PDU is
+    read as soon as it arrives, and a primitive the association thread queues for sending (a
+    C-STORE-RSP, an A-RELEASE-RP) wakes the DUL through the eventfd, so the response leaves at once
+    instead of after the rest of a 1 ms sleep. While a sender waits for each response (one
+    outstanding operation), that sleep was paid once per instance.
+  Neither change adds wake-ups: an idle association costs the same CPU as before. The eventfd is
+  closed when the association's queue is garbage-collected (nothing can write to it or wait on it
+  any more by then), never while a thread might still use it.
   Implementation: ``pynetdicom.dul.time`` and ``pynetdicom.association.time`` (the ``time`` module
   as those two modules see it) are replaced by a proxy whose ``sleep`` does the waits above for
   threads marked by :func:`tune_association` and calls the real ``time.sleep`` for every other
@@ -48,6 +49,7 @@ import queue
 import select
 import threading
 import time as _time
+import weakref
 from types import ModuleType
 from typing import Any
 
@@ -85,16 +87,47 @@ def _sleep(seconds: float) -> None:
         wake.wait(seconds)
         wake.clear()  # the caller checks its queues right after, so nothing put before is missed
         return
-    if getattr(thread, _TUNED_DUL_ATTR, False):  # a tuned DUL thread with nothing to do
-        assoc_socket = getattr(thread, "socket", None)
-        sock = getattr(assoc_socket, "socket", None)
-        if sock is not None:
-            try:
-                select.select([sock], [], [], min(seconds, DUL_POLL_S))
-                return
-            except (OSError, ValueError):  # closed under us: the reactor notices on its next loop
-                pass
+    if getattr(thread, _TUNED_DUL_ATTR, False) and _wait_for_dul_work(thread, seconds):
+        return  # a tuned DUL thread that had nothing to do
     _time.sleep(seconds)
+
+
+class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
+    """The DUL's outgoing queue: each put also signals ``wake_fd`` (an eventfd) so a DUL thread
+    waiting in :func:`_sleep` wakes at once; the fd is closed when the queue is collected."""
+
+    def __init__(self, wake_fd: int) -> None:
+        super().__init__()
+        self.wake_fd = wake_fd
+        weakref.finalize(self, os.close, wake_fd)
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except BlockingIOError:  # the counter is saturated: the DUL is being woken anyway
+            pass
+
+
+def _wait_for_dul_work(dul: Any, seconds: float) -> bool:
+    """Wait until the DUL's socket is readable, a primitive is queued for sending, or ``seconds``
+    (at most DUL_POLL_S) pass. False when the socket is gone (the caller sleeps instead)."""
+    sock = getattr(getattr(dul, "socket", None), "socket", None)
+    if sock is None:
+        return False
+    outgoing = dul.to_provider_queue
+    wake_fd = outgoing.wake_fd if isinstance(outgoing, _SignallingQueue) else None
+    watched = [sock] if wake_fd is None else [sock, wake_fd]
+    try:
+        readable, _, _ = select.select(watched, [], [], min(seconds, DUL_POLL_S))
+    except (OSError, ValueError):  # closed under us: the reactor notices on its next loop
+        return False
+    if wake_fd is not None and wake_fd in readable:
+        try:
+            os.eventfd_read(wake_fd)  # reset the counter; the queue itself holds the work
+        except BlockingIOError:
+            pass
+    return True
 
 
 class _TimeProxy(ModuleType):
@@ -149,6 +182,7 @@ def tune_association(assoc: Any) -> None:
     # Nothing has been queued yet: the association thread has not started.
     assoc.dimse.msg_queue = _WakingQueue(wake)
     assoc.dul.to_user_queue = _WakingQueue(wake)
+    assoc.dul.to_provider_queue = _SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
     setattr(assoc, _WAKE_ATTR, wake)
     setattr(assoc.dul, _TUNED_DUL_ATTR, True)
 

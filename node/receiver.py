@@ -23,6 +23,7 @@ from pynetdicom.events import Event
 from node import metrics
 from node.audit import AuditLog
 from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
+from node.file_meta import encode_file
 from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
 from storage.index import InstanceIndex, RecordOutcome
 from storage.spool import Spool
@@ -47,6 +48,14 @@ class _AssociationTally:
     refused: int = 0
     bytes: int = 0
     series_ids: set[int] = field(default_factory=set)
+
+
+def received_file(event: Event) -> bytes:
+    """The C-STORE dataset as received, in the DICOM File Format (node/file_meta.py)."""
+    request = event.request
+    with request.DataSet.getbuffer() as dataset:
+        return encode_file(str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+                           str(event.context.transfer_syntax), dataset)
 
 
 class StoreService:
@@ -149,7 +158,7 @@ class StoreService:
         if refused is not None:
             log.warning("refused SOP Instance %s: %s", requested_uid[:80], refused.reason)
             return refused.status
-        data = event.encoded_dataset()
+        data = received_file(event)
         try:
             check_dataset(data, self._limits)  # before pydicom parses anything or a byte is written
         except DatasetRefused as exc:

@@ -150,3 +150,51 @@ def dataset_bytes_from(data: bytes) -> bytes:
     """The dataset part of a Part 10 byte string (see tests.support.series.dataset_bytes)."""
     group_length = int.from_bytes(data[140:144], "little")
     return data[144 + group_length:]
+
+
+def test_a_queued_primitive_signals_the_tuned_dul_which_then_resets_the_signal() -> None:
+    """A C-STORE-RSP queued by the association thread makes the DUL's select() return at once."""
+    import select
+    import socket
+    from types import SimpleNamespace
+
+    near, far = socket.socketpair()
+    outgoing = pynetdicom_tuning._SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+    dul = SimpleNamespace(socket=SimpleNamespace(socket=near), to_provider_queue=outgoing)
+    try:
+        assert select.select([outgoing.wake_fd], [], [], 0)[0] == []
+        outgoing.put("C-STORE-RSP")
+        assert select.select([outgoing.wake_fd], [], [], 0)[0] == [outgoing.wake_fd]
+        assert pynetdicom_tuning._wait_for_dul_work(dul, 0.0)
+        assert select.select([outgoing.wake_fd], [], [], 0)[0] == []  # reset; the work stays queued
+        assert outgoing.get_nowait() == "C-STORE-RSP"
+    finally:
+        near.close()
+        far.close()
+
+
+def test_associations_do_not_leak_their_wake_descriptors(tuned_scp) -> None:  # type: ignore[no-untyped-def]
+    import gc
+
+    port, _received, threads = tuned_scp
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(Verification)
+
+    def echo_once() -> None:
+        assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+
+    echo_once()  # server threads and pools warmed up
+    for thread in threads:
+        thread.join(timeout=5)
+    gc.collect()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(20):
+        echo_once()
+    deadline = time.monotonic() + 10
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < deadline:
+        gc.collect()
+        time.sleep(0.1)
+    assert len(os.listdir("/proc/self/fd")) <= before
