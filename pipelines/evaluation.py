@@ -11,7 +11,7 @@ Cases (:func:`find_cases`) come in one of two layouts:
   source images through the SOP Instance UIDs they reference (:mod:`pipelines.seg_reader`).
 
 For each case the pipeline's SEG is read back onto the source volume grid and compared with the
-reference. Foreground is the union of all SEG segments (and, for NIfTI labels, every label > 0.5).
+reference (Grad-CAM SEGs of ``explain = "gradcam"`` are not segmentations and are never scored). Foreground is the union of all SEG segments (and, for NIfTI labels, every label > 0.5).
 Metrics, all on the source voxel grid (column, row, slice):
 
 * Dice = 2 |P n R| / (|P| + |R|) (1.0 when both are empty);
@@ -45,6 +45,7 @@ import pydicom
 from PIL import Image
 
 from pipelines.base import Pipeline, SourceSeries
+from pipelines.explain import GRADCAM_CONTENT_LABEL
 from pipelines.nifti_series import read_mask_on_grid, write_nifti_as_series
 from pipelines.progress import progress
 from pipelines.seg_reader import seg_mask_on_volume
@@ -218,9 +219,11 @@ def evaluate_case(pipeline: Pipeline, case: LabeledCase, workdir: Path, seg_out:
     start = time.perf_counter()
     result = pipeline.run(SourceSeries(series_uid, tuple(files)))
     seconds = time.perf_counter() - start
-    segs = [ds for ds in result.datasets if str(ds.SOPClassUID) in SEG_SOP_CLASSES]
+    segs = [ds for ds in result.datasets if str(ds.SOPClassUID) in SEG_SOP_CLASSES
+            and ds.get("ContentLabel") != GRADCAM_CONTENT_LABEL]  # a saliency map is no segmentation
     if not segs:
-        raise EvaluationError(f"pipeline {pipeline.name!r} produced no SEG for case {case.name}")
+        raise EvaluationError(f"pipeline {pipeline.name!r} produced no SEG for case {case.name} "
+                              "(only segmentation pipelines can be evaluated)")
     seg_path = seg_out or workdir / f"{case.name}.seg.dcm"
     seg_path.parent.mkdir(parents=True, exist_ok=True)
     segs[0].save_as(seg_path, enforce_file_format=True)

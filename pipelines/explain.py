@@ -37,6 +37,8 @@ from pipelines.writers.seg import coded
 
 #: Series Number of Grad-CAM SEG series (after the SEG/SR/SC numbers of pipelines.writers.common).
 GRADCAM_SERIES_NUMBER = 9004
+#: Content Label of Grad-CAM SEGs: tells them from segmentations (``radnode evaluate`` skips them).
+GRADCAM_CONTENT_LABEL = "GRADCAM"
 SALIENCY_CATEGORY = CodeSpec(value="SALIENCY", scheme="99RADNODE", meaning="Saliency map")
 RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -212,7 +214,7 @@ def write_heatmap_seg(volume: Volume, heatmap: np.ndarray, name: str, identity: 
         **seg_creator_attributes(identity),
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY,
         max_fractional_value=255,
-        content_label="GRADCAM",
+        content_label=GRADCAM_CONTENT_LABEL,
         transfer_syntax_uid=ExplicitVRLittleEndian,
         series_description=identity.series_description(f"Grad-CAM {name}"),
     )

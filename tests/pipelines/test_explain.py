@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from pipelines.base import PipelineResult, RuntimeOptions, SourceSeries
 from pipelines.bundle import BundleError, BundlePipeline
+from pipelines.evaluation import EvaluationError, LabeledCase, evaluate_case
 from pipelines.explain import Explanation, explain_bundle, write_heatmap_seg
 from pipelines.nifti_series import read_mask_on_grid, write_nifti_as_series
 from pipelines.registry import create_pipeline
@@ -90,6 +91,7 @@ def test_gradcam_is_higher_in_the_blob_and_goes_out_as_a_valid_fractional_seg(ex
     assert np.abs(_heatmap_of(seg, volume) - explanation.heatmap).max() <= 1.0 / 255 + 1e-6
 
 
+@pytest.mark.slow
 def test_gradcam_peak_lies_inside_the_blob(explained: Explained) -> None:
     heat, blob, volume = explained.explanation.heatmap, explained.blob, explained.volume
     peak = np.unravel_index(int(np.argmax(heat)), heat.shape)
@@ -98,6 +100,7 @@ def test_gradcam_peak_lies_inside_the_blob(explained: Explained) -> None:
     assert blob[peak]
 
 
+@pytest.mark.slow
 def test_explain_gradcam_makes_each_run_return_the_gradcam_seg_beside_the_sr(explained: Explained) -> None:
     pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam"),
                                RuntimeOptions(device="cpu", torch_threads=2))
@@ -123,11 +126,21 @@ def test_explain_gradcam_on_a_torchscript_only_bundle_is_refused_naming_model_pt
         create_pipeline("cls", BundleSettings(path=root, explain="gradcam"), RuntimeOptions())
 
 
+@pytest.mark.slow
 def test_explain_layer_that_the_network_lacks_fails_at_load_naming_it(explained: Explained) -> None:
     pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam",
                                                       explain_layer="features.conv9"), RuntimeOptions())
     with pytest.raises(BundleError, match="explain_layer 'features.conv9' is not a module"):
         pipeline.load()
+
+
+@pytest.mark.slow
+def test_evaluation_never_scores_a_gradcam_map_as_a_segmentation(explained: Explained) -> None:
+    pipeline = create_pipeline("blob", BundleSettings(path=explained.pipeline.files.root, explain="gradcam"),
+                               RuntimeOptions(device="cpu", torch_threads=2))
+    case = LabeledCase("blob", explained.tmp_path / "image.nii.gz", explained.tmp_path / "blob.nii.gz")
+    with pytest.raises(EvaluationError, match="produced no SEG"):
+        evaluate_case(pipeline, case, explained.tmp_path / "evaluation")
 
 
 def test_explain_accepts_only_none_or_gradcam(tmp_path: Path) -> None:
