@@ -1,15 +1,27 @@
-"""Start-up recovery of the spool: drop partial writes, index complete files the database misses.
+"""Start-up recovery: drop partial spool writes, index complete files the database misses, and
+free the jobs and deliveries that processes of this host held when they died.
 
 After a power cut the SQLite WAL (synchronous=NORMAL) may lack the last commits while the
 fsynced spool files are there; indexing them again keeps every acknowledged instance.
+
+Jobs and deliveries are held under leases by owners named ``<host>:<pid>:<part>``. A process
+killed with ``kill -9`` cannot give its leases back, and waiting for them to expire (``lease_s``,
+10 and 5 minutes by default) would hold results back that long after every crash. A process of
+this host that no longer exists holds nothing, so its leases are expired at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import time
+from pathlib import Path
 
 from node.dicom_header import UnreadableDataset, read_identity
+from storage.deliveries import DeliveryQueue
 from storage.index import InstanceIndex
+from storage.jobs import JobQueue
 from storage.spool import Spool
 from storage.uids import InvalidUID
 
@@ -36,3 +48,45 @@ def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
     if removed or reindexed:
         log.warning("spool recovery: %d partial files removed, %d instances re-indexed", removed, reindexed)
     return removed, reindexed
+
+
+def process_exists(pid: int) -> bool:
+    """True while ``pid`` is a process of this host that has not exited (a zombie has exited)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        if Path("/proc/self/stat").exists():
+            return False
+    else:
+        return text[text.rindex(")") + 2:][:1] != "Z"  # the state letter follows "(command) "
+    try:  # no /proc: ask the kernel (a zombie then counts as alive; its lease expires as before)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def dead_owners(owners: set[str], host: str) -> set[str]:
+    """The owners among ``owners`` that name a process of ``host`` which no longer exists."""
+    dead = set()
+    for owner in owners:
+        pid = owner[len(host) + 1:].split(":", 1)[0]
+        if owner.startswith(f"{host}:") and pid.isdigit() and not process_exists(int(pid)):
+            dead.add(owner)
+    return dead
+
+
+def release_leases_of_dead_processes(jobs: JobQueue, deliveries: DeliveryQueue,
+                                     host: str | None = None) -> tuple[int, int]:
+    """Make jobs and deliveries held by gone processes of this host claimable now; return
+    (jobs released, deliveries released). Owners on other hosts keep their leases."""
+    host = host or socket.gethostname()
+    now = time.time()
+    released_jobs = jobs.release_owners(dead_owners(jobs.lease_owners(f"{host}:"), host), now)
+    released_deliveries = deliveries.release_owners(dead_owners(deliveries.lease_owners(f"{host}:"), host), now)
+    if released_jobs or released_deliveries:
+        log.warning("%d jobs and %d deliveries were held by processes that are gone; they are taken up again now",
+                    released_jobs, released_deliveries)
+    return released_jobs, released_deliveries

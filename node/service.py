@@ -19,6 +19,7 @@ from multiprocessing.context import SpawnProcess
 from typing import Any, Callable, Literal
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine
 
 from node.completion import CompletionChecker
 from node.delivery import Deliverer, address_of, echo
@@ -26,10 +27,12 @@ from node.config import Config
 from node.logs import configure_logging
 from node.reload import CONFIG_FILE_ENV, ConfigHolder, install_sighup, write_pid_file
 from node.metrics import prepare_multiprocess_dir
-from node.recovery import recover_spool
+from node.recovery import release_leases_of_dead_processes, recover_spool
 from node.receiver_process import run_receiver
 from storage.database import create_database_engine, migrate
+from storage.deliveries import DeliveryQueue
 from storage.index import InstanceIndex
+from storage.jobs import JobQueue
 from storage.spool import Spool
 
 log = logging.getLogger("radnode.service")
@@ -58,6 +61,7 @@ class Supervisor:
         self._children: list[_Child] = []
         self._stopping = threading.Event()
         self._reconfigurable: list[CompletionChecker | Deliverer] = []
+        self._engine: Engine | None = None
 
     def prepare(self) -> None:
         """Schema and spool recovery, before anything listens."""
@@ -68,9 +72,17 @@ class Supervisor:
         migrate(engine)
         if self.role in ("all", "receiver"):
             recover_spool(Spool(data_dir), InstanceIndex(engine))
+        if self.role in ("all", "worker"):
+            self._release_leases(engine)
         engine.dispose()
         if not self.config.peers:
             log.warning("no [[peers]] configured: any calling AE title may store to this node")
+
+    def _release_leases(self, engine: Engine) -> None:
+        """Jobs and deliveries held by processes of this host that died (kill -9, OOM, power cut)
+        are taken up again now rather than when their leases expire (node/recovery.py)."""
+        release_leases_of_dead_processes(JobQueue(engine, self.config.workers.max_attempts),
+                                         DeliveryQueue(engine, self.config.delivery.give_up_after_s))
 
     def _plan_children(self) -> None:
         if self.role in ("all", "receiver"):
@@ -115,6 +127,8 @@ class Supervisor:
                     child.process.exitcode,
                     child.restarts,
                 )
+                if child.name.startswith("worker-") and self._engine is not None:
+                    self._release_leases(self._engine)  # its job is taken up at once, not after lease_s
                 self._start(child)
 
     def run(self) -> int:
@@ -122,7 +136,7 @@ class Supervisor:
         self._plan_children()
         for child in self._children:
             self._start(child)
-        engine = create_database_engine(self.config.database_url)
+        engine = self._engine = create_database_engine(self.config.database_url)
         scheduler = BackgroundScheduler(daemon=True, timezone="UTC")
         if self.role in ("all", "receiver"):
             checker = CompletionChecker(self.config, engine)

@@ -134,6 +134,26 @@ class DeliveryQueue:
             )
         return state
 
+    def lease_owners(self, owner_prefix: str) -> set[str]:
+        """Owners (``host:pid:...``) starting with ``owner_prefix`` that hold a delivery being sent."""
+        with self._engine.connect() as conn:
+            return set(conn.execute(
+                select(Delivery.lease_owner)
+                .where(Delivery.state == "sending", Delivery.lease_owner.like(f"{owner_prefix}%")).distinct()
+            ).scalars())
+
+    def release_owners(self, owners: set[str], now: float) -> int:
+        """Expire the leases of deliveries held by ``owners`` (processes known to be gone) so they are
+        sent again at once; the destination may get some objects twice, which a PACS stores once
+        (same SOP Instance UIDs). Returns how many deliveries."""
+        if not owners:
+            return 0
+        with self._engine.begin() as conn:
+            return conn.execute(
+                update(Delivery).where(Delivery.state == "sending", Delivery.lease_owner.in_(owners))
+                .values(lease_expires_at=now - 1)
+            ).rowcount
+
     def retry(self, now: float, delivery_ids: list[int] | None = None) -> int:
         """Put dead deliveries (all, or the given ones) back to pending; return how many."""
         condition = Delivery.state == "dead"

@@ -157,16 +157,23 @@ class JobQueue:
             )
             return state
 
-    def release_dead_owners(self, owner_prefix: str, alive: set[str], now: float) -> int:
-        """Make jobs of workers that are gone (same host, owner not in ``alive``) claimable now."""
+    def lease_owners(self, owner_prefix: str) -> set[str]:
+        """Owners (``host:pid:...``) starting with ``owner_prefix`` that hold a running job."""
+        with self._engine.connect() as conn:
+            return set(conn.execute(
+                select(Job.lease_owner).where(Job.state == "running", Job.lease_owner.like(f"{owner_prefix}%"))
+                .distinct()
+            ).scalars())
+
+    def release_owners(self, owners: set[str], now: float) -> int:
+        """Expire the leases of running jobs held by ``owners`` (processes known to be gone), so the
+        next claim takes them at once instead of after ``lease_s``; return how many jobs."""
+        if not owners:
+            return 0
         with self._engine.begin() as conn:
-            rows = conn.execute(
-                select(Job.id, Job.lease_owner).where(Job.state == "running", Job.lease_owner.like(f"{owner_prefix}%"))
-            ).all()
-            stale = [job_id for job_id, owner in rows if owner not in alive]
-            if stale:
-                conn.execute(update(Job).where(Job.id.in_(stale)).values(lease_expires_at=now - 1))
-            return len(stale)
+            return conn.execute(
+                update(Job).where(Job.state == "running", Job.lease_owner.in_(owners)).values(lease_expires_at=now - 1)
+            ).rowcount
 
     def instance_paths(self, series_id: int) -> list[str]:
         with self._engine.connect() as conn:
