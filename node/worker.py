@@ -23,7 +23,7 @@ from node.config import Config
 from node.delivery import targets_for
 from node.logs import configure_logging
 from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
-from pipelines.base import Pipeline, PipelineRefusal, RuntimeOptions, SourceSeries
+from pipelines.base import Pipeline, PipelineRefusal, PipelineResult, RuntimeOptions, SourceSeries
 from storage.database import create_database_engine
 from storage.jobs import ClaimedJob, JobQueue, LeaseLost
 from storage.outbox import Outbox
@@ -96,19 +96,25 @@ class Worker:
             except Exception:
                 log.exception("job %d: renewing the lease failed; will retry", job.id)
 
-    def _store(self, dataset: Dataset, fallback_for: str | None = None) -> StoredResult:
-        """Write one result object to the outbox and describe it for the database."""
-        path, size = self.outbox.write(dataset)
-        return StoredResult(
-            study_instance_uid=str(dataset.StudyInstanceUID),
-            series_instance_uid=str(dataset.SeriesInstanceUID),
-            sop_instance_uid=str(dataset.SOPInstanceUID),
-            sop_class_uid=str(dataset.SOPClassUID),
-            modality=str(dataset.get("Modality", "")),
-            path=path.relative,
-            size_bytes=size,
-            fallback_for=fallback_for,
-        )
+    def _store(self, result: PipelineResult) -> list[StoredResult]:
+        """Write a job's result objects (and their fallbacks) to the outbox in one durable batch and
+        describe them for the database."""
+        items: list[tuple[Dataset, str | None]] = [(dataset, None) for dataset in result.datasets]
+        items += [(dataset, uid) for uid, dataset in result.fallbacks.items()]
+        written = self.outbox.write_all([dataset for dataset, _ in items])
+        return [
+            StoredResult(
+                study_instance_uid=str(dataset.StudyInstanceUID),
+                series_instance_uid=str(dataset.SeriesInstanceUID),
+                sop_instance_uid=str(dataset.SOPInstanceUID),
+                sop_class_uid=str(dataset.SOPClassUID),
+                modality=str(dataset.get("Modality", "")),
+                path=path.relative,
+                size_bytes=size,
+                fallback_for=fallback_for,
+            )
+            for (dataset, fallback_for), (path, size) in zip(items, written, strict=True)
+        ]
 
     def _run(self, job: ClaimedJob) -> None:
         started = time.perf_counter()
@@ -118,8 +124,7 @@ class Worker:
             pipeline = self.pipeline(job.pipeline)
             result = pipeline.run(SourceSeries(series_instance_uid=job.series_instance_uid, files=files))
             outbox_started = time.perf_counter()
-            stored = [self._store(dataset) for dataset in result.datasets]
-            stored += [self._store(dataset, fallback_for=uid) for uid, dataset in result.fallbacks.items()]
+            stored = self._store(result)
             result.timings_s["outbox"] = time.perf_counter() - outbox_started
         except PipelineRefusal as exc:
             log.warning("job %d: %s refused series %s: %s", job.id, job.pipeline, job.series_instance_uid, exc)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from storage.spool import SpoolPath, write_atomically
+from storage.spool import SpoolPath, write_many_atomically
 from storage.uids import validate_uid
 
 
@@ -19,14 +20,25 @@ class Outbox:
 
     def write(self, dataset: Dataset) -> tuple[SpoolPath, int]:
         """Encode ``dataset`` as a DICOM file (PS3.10) and write it atomically; return path and size."""
-        study = validate_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
-        series = validate_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
-        sop = validate_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
-        relative = f"outbox/{study}/{series}/{sop}.dcm"
-        buffer = BytesIO()
-        dataset.save_as(buffer, enforce_file_format=True)
-        data = buffer.getvalue()
-        folder = self.data_dir / f"outbox/{study}/{series}"
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder, f"{sop}.dcm", data)
-        return SpoolPath(relative=relative, absolute=self.data_dir / relative), len(data)
+        return self.write_all([dataset])[0]
+
+    def write_all(self, datasets: Sequence[Dataset]) -> list[tuple[SpoolPath, int]]:
+        """Encode and durably write a job's result objects in one batch (storage/spool.py
+        write_many_atomically: each file complete or absent, a few disk flushes for the lot);
+        return each one's path and size, in order."""
+        files: list[tuple[Path, str, bytes]] = []
+        written: list[tuple[SpoolPath, int]] = []
+        for dataset in datasets:
+            study = validate_uid(dataset.StudyInstanceUID, "StudyInstanceUID")
+            series = validate_uid(dataset.SeriesInstanceUID, "SeriesInstanceUID")
+            sop = validate_uid(dataset.SOPInstanceUID, "SOPInstanceUID")
+            relative = f"outbox/{study}/{series}/{sop}.dcm"
+            buffer = BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            data = buffer.getvalue()
+            folder = self.data_dir / f"outbox/{study}/{series}"
+            folder.mkdir(parents=True, exist_ok=True)
+            files.append((folder, f"{sop}.dcm", data))
+            written.append((SpoolPath(relative=relative, absolute=self.data_dir / relative), len(data)))
+        write_many_atomically(files)
+        return written

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +79,59 @@ def write_atomically(folder: Path, name: str, data: bytes | memoryview) -> None:
         raise
     os.close(fd)
     os.replace(temp, folder / name)
+    _fsync_directory(folder)
+
+
+def _fsync_directory(folder: Path) -> None:
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+FSYNC_THREADS = 8  # concurrent fsyncs share journal commits (ext4/xfs), so a batch costs a few flushes
+
+
+def write_many_atomically(files: Sequence[tuple[Path, str, bytes]]) -> None:
+    """Write several ``(folder, name, data)`` files with the guarantee of :func:`write_atomically`
+    for each, at the cost of far fewer disk flushes: every file is written under its temporary
+    name, all are fsynced concurrently, then renamed, and each folder is fsynced once.
+
+    When anything fails, no temporary file is left and no final name is created by this call
+    (a failure while renaming leaves the files renamed so far, each complete)."""
+    temps: list[tuple[Path, Path]] = []  # (temporary, final)
+    try:
+        for folder, name, data in files:
+            temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            temps.append((temp, folder / name))
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+            finally:
+                os.close(fd)
+
+        def fsync_path(path: Path) -> None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+        with ThreadPoolExecutor(max_workers=min(FSYNC_THREADS, max(1, len(temps)))) as pool:
+            list(pool.map(fsync_path, [temp for temp, _ in temps]))
+    except BaseException:
+        for temp, _ in temps:
+            temp.unlink(missing_ok=True)
+        raise
+    for index, (temp, final) in enumerate(temps):
+        try:
+            os.replace(temp, final)
+        except BaseException:
+            for leftover, _ in temps[index:]:
+                leftover.unlink(missing_ok=True)
+            raise
+    for folder in sorted({final.parent for _, final in temps}):
+        _fsync_directory(folder)
