@@ -26,3 +26,7 @@ def mni152_paths() -> Mni152Paths:
     if missing:
         pytest.fail(f"sample data missing ({', '.join(missing)}): run scripts/bootstrap.sh")
     return paths
+
+
+# Trained bundles shared by tests/pipelines and tests/node (trained once per session, on first use).
+from tests.pipelines.trained_bundles import blob_classifier_bundle, trained_phantom_bundle  # noqa: E402,F401

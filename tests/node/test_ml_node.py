@@ -1,7 +1,8 @@
-"""Models that ML engineers bring, served by a running node over DICOM: a segmentation bundle that
-``radnode train`` writes from synthetic phantoms, and a classification bundle with
-``explain = "gradcam"``. storescu sends one series for each; the node runs both bundles and
-delivers to a DCMTK storescp standing in for the PACS; the tests read what arrived there.
+"""Models that ML engineers bring, served by a running node over DICOM: the segmentation bundle
+that ``radnode train``'s training function wrote from synthetic phantoms, and a classification
+bundle with ``explain = "gradcam"`` (both trained once per session, tests/pipelines/trained_bundles.py).
+storescu sends one series for each; the node runs both bundles and delivers to a DCMTK storescp
+standing in for the PACS; the tests read what arrived there.
 
 One node serves both pipelines (one route each, chosen by Series Description) to start it once.
 """
@@ -19,15 +20,15 @@ import numpy as np
 import pydicom
 import pytest
 
-from node.cli import main
 from pipelines.nifti_series import read_mask_on_grid, write_nifti_as_series
 from pipelines.seg_reader import seg_mask_on_volume
 from pipelines.volume import Volume, load_series
 from pipelines.writers.common import ResultIdentity
 from pipelines.writers.sr import CERTAINTY_OF_FINDING
 from tests.dicom_validation import assert_dciodvfy_clean
-from tests.pipelines.bundle_builder import blob_volume, build_blob_classifier_bundle
+from tests.pipelines.bundle_builder import blob_volume
 from tests.pipelines.phantoms import write_phantom_set
+from tests.pipelines.trained_bundles import TrainedBundle
 from tests.support.dcmtk import DCMTK_ENV, require, storescu
 from tests.support.network import free_port
 from tests.support.node_process import (RadnodeProcess, delivery_table, destination_table, model_worker_table,
@@ -58,16 +59,6 @@ class SentSeries:
 class Served:
     blob: SentSeries  # classified and explained by the "blob" pipeline
     phantom: SentSeries  # segmented by the "phantom" pipeline (the bundle radnode train wrote)
-
-
-def _train_bundle(root: Path) -> Path:
-    """``radnode train`` on 30 synthetic ellipsoid phantoms (as tests/pipelines/test_training.py)."""
-    images, labels = write_phantom_set(root / "data", 30, seed=1)
-    bundle = root / "phantom-bundle"
-    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", str(bundle), "--epochs", "40",
-                 "--stop-at-dice", "0.95", "--threads", "2", "--device", "cpu", "--seed", "0", "--no-progress"])
-    assert code == 0, "radnode train failed"
-    return bundle
 
 
 def _series_from_nifti(image: Path, folder: Path, description: str, reference: Path) -> tuple[list[Path], Volume, np.ndarray]:
@@ -102,11 +93,12 @@ def _delivered(node: RadnodeProcess, series_uid: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """Train and build both bundles, start storescp and the node, send both series, wait for delivery."""
+def served(tmp_path_factory: pytest.TempPathFactory, trained_phantom_bundle: TrainedBundle,
+           blob_classifier_bundle: Path) -> Iterator[Served]:
+    """Start storescp and a node serving both session bundles (tests/pipelines/trained_bundles.py),
+    send one series for each, wait for their delivery."""
     root = tmp_path_factory.mktemp("ml-node")
-    phantom_bundle = _train_bundle(root / "train")
-    blob_bundle = build_blob_classifier_bundle(root / "blob-classifier")
+    phantom_bundle, blob_bundle = trained_phantom_bundle.bundle, blob_classifier_bundle
 
     cases = root / "cases"
     cases.mkdir()

@@ -24,8 +24,7 @@ from pipelines.registry import create_pipeline
 from pipelines.settings import BundleSettings
 from pipelines.volume import Volume, load_series
 from tests.dicom_validation import assert_dataset_dciodvfy_clean
-from tests.pipelines.bundle_builder import (blob_volume, build_blob_classifier_bundle, build_classification_bundle,
-                                            build_segmentation_bundle)
+from tests.pipelines.bundle_builder import blob_volume, build_classification_bundle, build_segmentation_bundle
 
 
 @dataclass
@@ -40,14 +39,9 @@ class Explained:
 
 
 @pytest.fixture(scope="module")
-def classification_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny MONAI DenseNet trained here (blob vs no blob), written as a MONAI bundle."""
-    return build_blob_classifier_bundle(tmp_path_factory.mktemp("classifier") / "blob-classifier")
-
-
-@pytest.fixture(scope="module")
-def explained(classification_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A positive case written as a DICOM series, classified by kind bundle and explained."""
+def explained(blob_classifier_bundle: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A positive case written as a DICOM series, classified by kind bundle (the session's blob
+    classifier, tests/pipelines/trained_bundles.py) and explained."""
     tmp_path = tmp_path_factory.mktemp("explain")
     image, mask = blob_volume(np.random.default_rng(123), with_blob=True)
     affine = np.diag([1.1, 1.1, 1.6, 1.0])
@@ -55,7 +49,7 @@ def explained(classification_bundle: Path, tmp_path_factory: pytest.TempPathFact
     nib.save(nib.Nifti1Image(mask, affine), str(tmp_path / "blob.nii.gz"))
     paths = write_nifti_as_series(tmp_path / "image.nii.gz", tmp_path / "series", patient_name="Blob^One",
                                   patient_id="BLOB1")
-    pipeline = create_pipeline("blob", BundleSettings(path=classification_bundle),
+    pipeline = create_pipeline("blob", BundleSettings(path=blob_classifier_bundle),
                                RuntimeOptions(device="cpu", torch_threads=2))
     series = SourceSeries(pydicom.dcmread(paths[0]).SeriesInstanceUID, tuple(paths))
     result = pipeline.run(series)

@@ -22,6 +22,7 @@ from pipelines.settings import BundleSettings, CodeSpec, SegmentSpec
 from pipelines.training import TrainingError, TrainingOptions, train
 from pipelines.volume import load_series
 from tests.pipelines.phantoms import write_phantom_set
+from tests.pipelines.trained_bundles import TrainedBundle
 
 PHANTOM = SegmentSpec(label=1, name="Phantom", type=CodeSpec(value="4147007", scheme="SCT", meaning="Mass"))
 #: Wall-clock budget for the training run on a 2-core CPU (it takes ~1-2 min on a quiet machine).
@@ -29,15 +30,9 @@ TRAIN_BUDGET_S = 420
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory):
-    """Train once per module: 30 phantoms of 32^3 (24 train, 6 validation)."""
-    root = tmp_path_factory.mktemp("train")
-    images, labels = write_phantom_set(root / "data", 30, seed=1)
-    start = time.perf_counter()
-    result = train(images, labels, root / "bundle",
-                   TrainingOptions(epochs=40, stop_at_dice=0.95, torch_threads=2, seed=0, device="cpu"),
-                   show_progress=False)
-    return result, time.perf_counter() - start, root
+def trained(trained_phantom_bundle: TrainedBundle, tmp_path_factory: pytest.TempPathFactory):
+    """The session's phantom training run (tests/pipelines/trained_bundles.py) and a folder of this module's own."""
+    return trained_phantom_bundle.result, trained_phantom_bundle.seconds, tmp_path_factory.mktemp("served")
 
 
 @pytest.mark.slow
