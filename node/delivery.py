@@ -21,6 +21,7 @@ from pynetdicom import AE, Association, _config
 from pynetdicom.presentation import build_context
 from sqlalchemy import Engine
 
+from node import pynetdicom_tuning
 from node.audit import AuditLog
 from node.config import Config, DeliverySettings, DestinationSettings
 from node.peers import PeerPolicy
@@ -118,6 +119,7 @@ def send_files(address: Address, files: list[ResultFile], data_dir: Path, own_ae
         raise DeliveryError(f"association with {address.ae_title}@{address.host}:{address.port} failed ({reason})")
     try:
         disable_nagle(assoc)
+        pynetdicom_tuning.tune_requestor(assoc)  # responses read, requests sent without 1 ms polls
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         fallbacks = {f.fallback_for: f for f in files if f.fallback_for}
         primaries = [f for f in files if not f.fallback_for]
@@ -178,6 +180,7 @@ class Deliverer:
 
     def __init__(self, config: Config, engine: Engine, owner: str) -> None:
         _config.STORE_SEND_CHUNKED_DATASET = True
+        pynetdicom_tuning.apply()  # event-driven waits for the associations this process opens
         self._config = config
         self._queue = DeliveryQueue(engine, config.delivery.give_up_after_s)
         self._owner = owner

@@ -1,4 +1,4 @@
-"""Event-driven waits for pynetdicom 3.0's acceptor threads (receiver process only).
+"""Event-driven waits for pynetdicom 3.0's association threads (receiver and delivery).
 
 Why
   pynetdicom runs every association on two threads that poll instead of waiting on events:
@@ -13,7 +13,9 @@ Why
   outstanding operation, PS3.7 10.3.4), so these sleeps are paid two or three times per instance:
   about 0.3-0.4 s per 300 images on one association (FIELD-NOTES.md).
 
-What changes (only for associations accepted by a server built with :class:`TunedRequestHandler`)
+What changes (only for associations accepted by a server built with :class:`TunedRequestHandler`,
+and for delivery associations given :func:`tune_requestor` once established, where only the DUL
+part below applies: the user's thread already blocks on its queue)
   - The association thread's 1 ms poll becomes ``Event.wait(0.001)`` on a per-association event
     that is set whenever the DUL hands it something: a decoded DIMSE message (``dimse.msg_queue``)
     or an A-RELEASE/A-ABORT primitive (``dul.to_user_queue``). The 1 ms timeout is kept, so the
@@ -185,6 +187,20 @@ def tune_association(assoc: Any) -> None:
     assoc.dul.to_provider_queue = _SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
     setattr(assoc, _WAKE_ATTR, wake)
     setattr(assoc.dul, _TUNED_DUL_ATTR, True)
+
+
+def tune_requestor(assoc: Any) -> bool:
+    """Give an established requestor Association's DUL the same event-driven waits (used for
+    deliveries, where the user's thread sends and waits for each C-STORE-RSP).
+
+    Safe only right after establishment, before any DIMSE message: the outgoing queue is empty
+    then (the A-ASSOCIATE-RQ was sent long before the -AC arrived), so replacing it loses nothing.
+    Returns False (and changes nothing) when the tuning is not applied in this process."""
+    if not _applied or not assoc.is_established or not assoc.dul.to_provider_queue.empty():
+        return False
+    assoc.dul.to_provider_queue = _SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+    setattr(assoc.dul, _TUNED_DUL_ATTR, True)
+    return True
 
 
 class TunedRequestHandler(RequestHandler):

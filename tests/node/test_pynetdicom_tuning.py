@@ -198,3 +198,35 @@ def test_associations_do_not_leak_their_wake_descriptors(tuned_scp) -> None:  # 
         gc.collect()
         time.sleep(0.1)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+def test_a_tuned_delivery_association_stores_every_object_as_sent(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    files = write_series(tmp_path / "s", 20, size=128, seed=16)
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    assert pynetdicom_tuning.tune_requestor(assoc)
+    assert getattr(assoc.dul, pynetdicom_tuning._TUNED_DUL_ATTR) is True
+    for path in files:
+        assert assoc.send_c_store(path).Status == 0x0000
+    assoc.release()
+    assert assoc.is_released
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
+def test_a_requestor_that_is_not_established_is_left_alone() -> None:
+    assert pynetdicom_tuning.apply()
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(Verification)
+    scu.acse_timeout = scu.network_timeout = 5
+    refused = scu.associate("127.0.0.1", free_port(), ae_title="NOBODY")  # nothing listens there
+    assert not refused.is_established
+    assert not pynetdicom_tuning.tune_requestor(refused)
+    assert not getattr(refused.dul, pynetdicom_tuning._TUNED_DUL_ATTR, False)
