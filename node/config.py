@@ -88,7 +88,7 @@ class CompletionSettings(_Strict):
 
     grace_s: float = Field(1.0, ge=0, description="after the sending association is released")
     quiet_s: float = Field(60.0, gt=0, description="with no new instance, whatever the association does")
-    check_interval_s: float = Field(0.5, gt=0)
+    check_interval_s: float = Field(0.25, gt=0, description="how often completion is evaluated")
 
 
 class WorkerSettings(_Strict):
