@@ -89,6 +89,21 @@ def test_overlay_images_pass_dciodvfy_one_per_slice_with_mask(mr_volume: Volume,
         assert_dataset_dciodvfy_clean(image, tmp_path / "out", f"sc{number}.dcm")
 
 
+def test_overlay_images_each_carry_their_own_slice_and_leave_the_others_untouched(mr_volume: Volume) -> None:
+    labels = np.zeros(mr_volume.array.shape, dtype=np.uint8)
+    labels[5:20, 4:15, 1:4] = 1
+    labels[5:8, 4:6, 2] = 0  # a different mask on the middle slice: different pixels
+    images = write_overlay(mr_volume, labels, [1], identity_for(mr_volume))
+    sources = [mr_volume.frames[k].dataset.SOPInstanceUID for k in (1, 2, 3)]
+    assert [image.SourceImageSequence[0].ReferencedSOPInstanceUID for image in images] == sources
+    assert [image.InstanceNumber for image in images] == [1, 2, 3]
+    assert len({image.SOPInstanceUID for image in images}) == 3
+    assert [image.file_meta.MediaStorageSOPInstanceUID for image in images] == [i.SOPInstanceUID for i in images]
+    assert all(source in image.ImageComments for source, image in zip(sources, images, strict=True))
+    assert not np.array_equal(images[0].pixel_array, images[1].pixel_array)
+    assert {image.SeriesInstanceUID for image in images} == {images[0].SeriesInstanceUID}
+
+
 def test_overlay_draws_the_outline_in_colour_and_leaves_pixels_outside_grey(mr_volume: Volume) -> None:
     labels = np.zeros(mr_volume.array.shape, dtype=np.uint8)
     labels[5:20, 4:15, 2] = 1
