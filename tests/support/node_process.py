@@ -67,9 +67,24 @@ def route_table(name: str, when: str, send_to: list[str], pipeline: str = "brain
 
 
 def _listening(port: int) -> bool:
+    """True when something accepts connections on the loopback ``port`` (test ports come from the
+    ephemeral range: a socket that connected to itself, TCP simultaneous open, does not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(1.0)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex(("127.0.0.1", port)) == 0 and sock.getsockname() != sock.getpeername()
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Processes of process group ``pgid`` that have not exited (zombies have)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat.parent.name))
+    return members
 
 
 @dataclass
@@ -91,6 +106,10 @@ class RadnodeProcess:
         self.data_dir = self.workdir / "data"
 
     def start(self, timeout: float = 60.0) -> "RadnodeProcess":
+        # Ready means: this start logged that it listens (or that its worker is ready) -- the log
+        # keeps earlier starts' lines -- and, for a receiver, the port accepts a connection.
+        marker = "worker 0 ready" if self.role == "worker" else "radnode.receiver: listening on"
+        earlier = self.log().count(marker)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             [*RADNODE, "serve", "--config", str(self.config_path), "--role", self.role],
@@ -100,9 +119,7 @@ class RadnodeProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"radnode serve exited with {self.process.returncode}:\n{self.log()}")
-            if self.role == "worker" and "worker 0 ready" in self.log():
-                return self
-            if self.role != "worker" and _listening(self.port):
+            if self.log().count(marker) > earlier and (self.role == "worker" or _listening(self.port)):
                 return self
             time.sleep(0.2)
         raise RuntimeError(f"radnode serve ({self.role}) was not ready within {timeout} s:\n{self.log()}")
@@ -123,13 +140,18 @@ class RadnodeProcess:
         return int(self.process.returncode)
 
     def kill9(self) -> None:
-        """kill -9 of the whole process tree, as a power cut or OOM kill would."""
+        """kill -9 of the whole process tree, as a power cut or OOM kill would; returns once every
+        process of the group has exited (one blocked in fsync takes a moment, and until then its
+        listening socket still accepts connections)."""
         assert self.process is not None
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         self.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _group_members(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run another radnode command against this node's config."""

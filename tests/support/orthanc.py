@@ -45,6 +45,9 @@ class Orthanc:
     dicom_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     dicomweb: bool = False
+    # False: Orthanc answers each C-STORE ~40 ms late (Nagle + delayed ACK, FIELD-NOTES.md), like a
+    # slow PACS; a delivery of a dozen objects then lasts about half a second
+    tcp_nodelay: bool = True
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -87,7 +90,9 @@ class Orthanc:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config_path = self.work_dir / "orthanc.json"
         config_path.write_text(json.dumps(self._config(), indent=2))
-        env = {**os.environ, "TCP_NODELAY": "1"}  # else ~40 ms per C-STORE (FIELD-NOTES.md)
+        env = {key: value for key, value in os.environ.items() if key != "TCP_NODELAY"}
+        if self.tcp_nodelay:
+            env["TCP_NODELAY"] = "1"  # else ~40 ms per C-STORE (FIELD-NOTES.md)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
@@ -135,6 +140,12 @@ class Orthanc:
         """Every series Orthanc holds for a study, expanded (MainDicomTags, Instances)."""
         return self.post_json("/tools/find", {"Level": "Series", "Expand": True,
                                               "Query": {"StudyInstanceUID": study_uid}})
+
+    def sop_instance_uids(self, study_uid: str) -> list[str]:
+        """The SOP Instance UID of every instance Orthanc holds in a study (one entry per instance)."""
+        found = self.post_json("/tools/find", {"Level": "Instance", "Expand": True,
+                                               "Query": {"StudyInstanceUID": study_uid}})
+        return [item["MainDicomTags"]["SOPInstanceUID"] for item in found]
 
     def instance_count(self) -> int:
         return int(self.get_json("/statistics")["CountInstances"])
