@@ -4,7 +4,8 @@ What is measured
   * Throughput. ``--images`` (default 300) CT images of 512 x 512 x 16 bit (~512 KB each, fresh
     UIDs, one study and series) are sent by DCMTK ``storescu`` (``TCP_NODELAY=1``) over ONE
     association, and over FOUR concurrent associations (four folders, four storescu processes).
-    Each receiver starts fresh for every run (empty storage) and is ready before the clock starts:
+    Each receiver starts fresh for every run (empty storage, dirty pages of earlier runs flushed
+    with sync) and is ready before the clock starts:
       - DCMTK ``storescp --fork`` (``TCP_NODELAY=1``) writing to a temp folder (no fsync);
       - Orthanc (Debian) with a minimal JSON config, ready when ``GET /system`` answers;
       - ``radnode serve`` (workers.count = 0, fresh data_dir, durable spool + SQLite index),
@@ -343,6 +344,9 @@ def main() -> int:
                     receiver.workdir.mkdir(parents=True)
                     try:
                         receiver.start()
+                        # Flush what earlier runs left dirty (storescp writes 150 MB without fsync):
+                        # else the next receiver's first fsyncs pay for writing it back.
+                        os.sync()
                         time.sleep(0.3)  # let start-up work settle before the clock starts
                         seconds = send_with_storescu(receiver.port, aet, split)
                         receiver.check(args.images)
@@ -366,6 +370,7 @@ def main() -> int:
                         assert hog_process.stdout is not None
                         hog_process.stdout.readline()
                         time.sleep(1.0)
+                    os.sync()
                     time.sleep(0.3)
                     latencies = store_latencies(receiver.port, "RADNODE", all_files)
                     receiver.check(args.images)
