@@ -1,7 +1,8 @@
 """C-STORE and association event handlers: validate, persist durably, index, then answer.
 
 Status codes (PS3.4 B.2.3 and PS3.7 C.4.2): 0x0000 only once the file is fsynced in the spool
-and indexed; 0xA700 when free disk is below the watermark (nothing is touched); 0xC001 for a
+and indexed; 0xA700 when free disk is below the watermark (nothing is touched) or when the spool
+or the database runs out of space while storing (what was written is removed); 0xC001 for a
 dataset that cannot be parsed, 0xC002 for a missing or malformed UID, 0xC003 when the dataset's
 SOP Instance UID differs from the request's; 0x0110 (processing failure) for an internal error,
 which is logged with the SOP Instance UID. Input limits (node/limits.py): 0xA701 for a dataset
@@ -25,6 +26,7 @@ from node.audit import AuditLog
 from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
 from node.file_meta import encode_file
 from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
+from storage.database import is_out_of_space
 from storage.index import InstanceIndex, RecordOutcome
 from storage.spool import Spool
 from storage.uids import InvalidUID
@@ -195,9 +197,13 @@ class StoreService:
             return OUT_OF_RESOURCES
         try:
             outcome = self._record(event, identity, target.relative, len(data))
-        except Exception:
+        except Exception as exc:
             if not existed:  # keep spool and index in step; an earlier acknowledged copy stays
                 target.absolute.unlink(missing_ok=True)
+            if is_out_of_space(exc):  # the database's disk is full: a resource, not a processing failure
+                log.error("refused SOP Instance %s: the database cannot grow (disk full): %s", requested_uid,
+                          type(exc).__name__)
+                return OUT_OF_RESOURCES
             raise
         if outcome.reopened:
             log.info("series %s reopened by a late instance", identity.series_instance_uid)

@@ -8,6 +8,8 @@ deadlock on a lock upgrade (this is also how job claims are made atomic on SQLit
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from pathlib import Path
 
 from alembic import command
@@ -16,6 +18,33 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+SQLITE_FULL = 13  # "database or disk is full" (sqlite.org/rescode.html)
+POSTGRESQL_DISK_FULL = "53100"  # SQLSTATE disk_full (PostgreSQL Appendix A)
+_OUT_OF_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+def is_out_of_space(exc: BaseException) -> bool:
+    """True when ``exc`` (or what it wraps: SQLAlchemy's ``orig``, ``__cause__``) says the disk or
+    quota is full: ENOSPC/EDQUOT, SQLite's SQLITE_FULL, PostgreSQL's SQLSTATE 53100."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _OUT_OF_SPACE_ERRNOS:
+            return True
+        if isinstance(current, sqlite3.Error) and (
+            getattr(current, "sqlite_errorcode", None) == SQLITE_FULL or "database or disk is full" in str(current)
+        ):
+            return True
+        if getattr(current, "sqlstate", None) == POSTGRESQL_DISK_FULL:  # psycopg.errors.DiskFull
+            return True
+        pending += [getattr(current, "orig", None), current.__cause__, current.__context__]
+    return False
 
 
 def is_sqlite(engine: Engine) -> bool:

@@ -123,3 +123,37 @@ def _assert_stored_intact(node, files: set[Path]) -> None:  # type: ignore[no-un
         assert dataset_bytes(stored) == dataset_bytes(path), f"{path} was acknowledged but is not intact"
         expected.add(stored)
     assert set(node.spool_files()) == expected
+
+
+def test_a_database_whose_disk_fills_refuses_with_out_of_resources_and_keeps_spool_and_index_in_step(
+    small_filesystem, radnode, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    """The spool has room, the SQLite database's own disk does not: the index write fails with
+    "database or disk is full", the file just written is removed and the sender gets 0xA700."""
+    database_disk = small_filesystem(tmp_path / "database-disk", 4)
+    node = radnode("node", database_url=f"sqlite:///{database_disk / 'radnode.sqlite3'}")
+    stats = os.statvfs(database_disk)
+    filler = database_disk / "other-data.bin"
+    _fill(filler, stats.f_bavail * stats.f_frsize - 96 * 1024)  # room for a few commits only
+    files = write_series(tmp_path / "s", 150, size=32, seed=21)
+
+    outcome = subprocess.run(storescu_command(node.port, files, extra=["-nh"]), capture_output=True, text=True,
+                             env=DCMTK_ENV, timeout=120)
+    output = outcome.stdout + outcome.stderr
+    acknowledged = set(parse_acknowledged(output))
+    statuses = _statuses(output)
+    print(f"database disk full: {dict(statuses)}")
+
+    assert statuses["Refused: OutOfResources"] > 0 and set(statuses) == {"Success", "Refused: OutOfResources"}
+    assert "database cannot grow (disk full)" in node.log()
+    assert echoscu(node.port).returncode == 0
+    _assert_stored_intact(node, acknowledged)  # refused instances left nothing in the spool
+    assert node.spool_leftovers() == []
+
+    filler.unlink()
+    unacknowledged = [path for path in files if path not in acknowledged]
+    retry = subprocess.run(storescu_command(node.port, unacknowledged), capture_output=True, text=True,
+                           env=DCMTK_ENV, timeout=120)
+    assert set(parse_acknowledged(retry.stdout + retry.stderr)) == set(unacknowledged)
+    _assert_stored_intact(node, set(files))
+    assert sum(s["instance_count"] for s in node.status()["studies"]) == len(files)
