@@ -80,8 +80,9 @@ class InstanceIndex:
                 released_at=None,
                 state="receiving",
                 generation=Series.generation + bindparam("reopen", type_=Integer),
-                calling_ae_title=bindparam("ae"),
-                calling_host=bindparam("host"),
+                # start-up recovery re-indexes files without knowing their sender: keep the known one
+                calling_ae_title=func.coalesce(func.nullif(bindparam("ae"), ""), Series.calling_ae_title),
+                calling_host=func.coalesce(func.nullif(bindparam("host"), ""), Series.calling_host),
             )
         )
 

@@ -45,6 +45,21 @@ def test_repeated_instance_is_indexed_once(engine: Engine) -> None:
         assert conn.execute(select(func.count()).select_from(Instance)).scalar_one() == 1
 
 
+def test_an_instance_reindexed_without_its_sender_keeps_the_series_sender(engine: Engine) -> None:
+    """Start-up recovery re-indexes spool files with an empty calling AE title and host."""
+    from dataclasses import replace
+
+    from storage.models import Series
+
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3"))
+    index.record(replace(_instance("1.2.3.4"), calling_ae_title="", calling_host=""))
+
+    with engine.connect() as conn:
+        sender = conn.execute(select(Series.calling_ae_title, Series.calling_host)).one()
+    assert tuple(sender) == ("SCU", "127.0.0.1")
+
+
 def test_series_is_due_after_release_grace_or_quiet_period(engine: Engine) -> None:
     index = InstanceIndex(engine)
     outcome = index.record(_instance("1.2.3.3", at=1000.0))
