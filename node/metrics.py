@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from node.processes import process_exists
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -41,23 +43,13 @@ def prepare_multiprocess_dir(data_dir: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for old in root.glob(f"{host}-*"):
         pid = old.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_exists(int(pid)):
             shutil.rmtree(old, ignore_errors=True)
     folder = root / f"{host}-{os.getpid()}"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     os.environ[MULTIPROC_ENV] = str(folder)
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 from prometheus_client import Counter, Histogram  # noqa: E402  (after the helper above, by design)

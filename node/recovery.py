@@ -13,12 +13,11 @@ this host that no longer exists holds nothing, so its leases are expired at once
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
-from pathlib import Path
 
 from node.dicom_header import UnreadableDataset, read_identity
+from node.processes import process_exists
 from storage.deliveries import DeliveryQueue
 from storage.index import InstanceIndex
 from storage.jobs import JobQueue
@@ -48,24 +47,6 @@ def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
     if removed or reindexed:
         log.warning("spool recovery: %d partial files removed, %d instances re-indexed", removed, reindexed)
     return removed, reindexed
-
-
-def process_exists(pid: int) -> bool:
-    """True while ``pid`` is a process of this host that has not exited (a zombie has exited)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        if Path("/proc/self/stat").exists():
-            return False
-    else:
-        return text[text.rindex(")") + 2:][:1] != "Z"  # the state letter follows "(command) "
-    try:  # no /proc: ask the kernel (a zombie then counts as alive; its lease expires as before)
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def dead_owners(owners: set[str], host: str) -> set[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from node.recovery import process_exists, release_leases_of_dead_processes
+from node.processes import process_exists
+from node.recovery import release_leases_of_dead_processes
 from storage.completion import NewJob, complete_series, find_due_series
 from storage.database import create_database_engine, migrate
 from storage.deliveries import DeliveryQueue, DeliveryTarget
