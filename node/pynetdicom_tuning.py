@@ -98,10 +98,10 @@ class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
     """The DUL's outgoing queue: each put also signals ``wake_fd`` (an eventfd) so a DUL thread
     waiting in :func:`_sleep` wakes at once; the fd is closed when the queue is collected."""
 
-    def __init__(self, wake_fd: int) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.wake_fd = wake_fd
-        weakref.finalize(self, os.close, wake_fd)
+        self.wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        weakref.finalize(self, os.close, self.wake_fd)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
@@ -184,9 +184,15 @@ def tune_association(assoc: Any) -> None:
     # Nothing has been queued yet: the association thread has not started.
     assoc.dimse.msg_queue = _WakingQueue(wake)
     assoc.dul.to_user_queue = _WakingQueue(wake)
-    assoc.dul.to_provider_queue = _SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
     setattr(assoc, _WAKE_ATTR, wake)
-    setattr(assoc.dul, _TUNED_DUL_ATTR, True)
+    _tune_dul(assoc.dul)
+
+
+def _tune_dul(dul: Any) -> None:
+    """Mark a DUL thread for event-driven waits; its outgoing queue signals it (its queue must be
+    empty: nothing in it is carried over)."""
+    dul.to_provider_queue = _SignallingQueue()
+    setattr(dul, _TUNED_DUL_ATTR, True)
 
 
 def tune_requestor(assoc: Any) -> bool:
@@ -198,8 +204,7 @@ def tune_requestor(assoc: Any) -> bool:
     Returns False (and changes nothing) when the tuning is not applied in this process."""
     if not _applied or not assoc.is_established or not assoc.dul.to_provider_queue.empty():
         return False
-    assoc.dul.to_provider_queue = _SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
-    setattr(assoc.dul, _TUNED_DUL_ATTR, True)
+    _tune_dul(assoc.dul)
     return True
 
 

@@ -159,7 +159,7 @@ def test_a_queued_primitive_signals_the_tuned_dul_which_then_resets_the_signal()
     from types import SimpleNamespace
 
     near, far = socket.socketpair()
-    outgoing = pynetdicom_tuning._SignallingQueue(os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC))
+    outgoing = pynetdicom_tuning._SignallingQueue()
     dul = SimpleNamespace(socket=SimpleNamespace(socket=near), to_provider_queue=outgoing)
     try:
         assert select.select([outgoing.wake_fd], [], [], 0)[0] == []
