@@ -18,14 +18,10 @@ class Outbox:
         self.root = data_dir / "outbox"
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def write(self, dataset: Dataset) -> tuple[SpoolPath, int]:
-        """Encode ``dataset`` as a DICOM file (PS3.10) and write it atomically; return path and size."""
-        return self.write_all([dataset])[0]
-
     def write_all(self, datasets: Sequence[Dataset]) -> list[tuple[SpoolPath, int]]:
-        """Encode and durably write a job's result objects in one batch (storage/spool.py
-        write_many_atomically: each file complete or absent, a few disk flushes for the lot);
-        return each one's path and size, in order."""
+        """Encode a job's result objects as DICOM files (PS3.10) and write them durably in one batch
+        (storage/spool.py write_many_atomically: each file complete or absent, a few disk flushes for
+        the lot); return each one's path and size, in order."""
         files: list[tuple[Path, str, bytes]] = []
         written: list[tuple[SpoolPath, int]] = []
         for dataset in datasets:

@@ -63,15 +63,23 @@ class Spool:
         return removed
 
 
+def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
+    """A new temporary file for ``folder/name`` (a name that does not end in .dcm), open for writing."""
+    temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
+    return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+
+
+def _write_fully(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_atomically(folder: Path, name: str, data: bytes | memoryview) -> None:
     """Write ``folder/name`` so that it is either absent, the previous file, or complete."""
-    temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    temp, fd = _create_temporary(folder, name)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_fully(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -103,13 +111,10 @@ def write_many_atomically(files: Sequence[tuple[Path, str, bytes]]) -> None:
     temps: list[tuple[Path, Path]] = []  # (temporary, final)
     try:
         for folder, name, data in files:
-            temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            temp, fd = _create_temporary(folder, name)
             temps.append((temp, folder / name))
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
+                _write_fully(fd, data)
             finally:
                 os.close(fd)
 
