@@ -34,8 +34,8 @@ MILLILITER = hd.sr.CodedConcept("mL", "UCUM", "milliliter")
 UNITLESS = hd.sr.CodedConcept("1", "UCUM", "no units")
 PROBABILITY = hd.sr.CodedConcept("PROB", "99RADNODE", "Probability")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "Percent")
-CERTAINTY_OF_FINDING = hd.sr.CodedConcept("111012", "DCM", "Certainty of Finding")
-MEAN = hd.sr.CodedConcept("373098007", "SCT", "Mean")
+CERTAINTY_OF_FINDING = codes.DCM.CertaintyOfFinding  # (111012, DCM)
+MEAN = codes.SCT.Mean  # (373098007, SCT)
 IMAGING_PROCEDURE = hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure")
 
 
