@@ -1,4 +1,8 @@
-"""Reading the few attributes the receiver needs from an encoded dataset, without pixel data."""
+"""Reading the few attributes the receiver needs from an encoded dataset, without pixel data.
+
+Two ways to the same :class:`InstanceIdentity`: :func:`identity_from_checked` takes the raw values
+the receiver's structure check (node/limits.py) collected on its single pass over a C-STORE
+dataset; :func:`read_identity` parses a file with pydicom (start-up recovery of spool files)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
+from node.limits import CheckedDataset
 from storage.index import ReceivedInstance
 from storage.uids import validate_uid
 
@@ -18,6 +23,15 @@ _NEEDED = [
     "SOPClassUID",
     "Modality",
 ]
+
+
+IDENTITY_TAGS = frozenset({
+    0x0020000D,  # StudyInstanceUID
+    0x0020000E,  # SeriesInstanceUID
+    0x00080018,  # SOPInstanceUID
+    0x00080016,  # SOPClassUID
+    0x00080060,  # Modality
+})
 
 
 class UnreadableDataset(ValueError):
@@ -74,4 +88,25 @@ def read_identity(encoded_file: bytes) -> InstanceIdentity:
         sop_class_uid=validate_uid(values["SOPClassUID"], "SOPClassUID"),
         modality=str(values["Modality"] or "").strip(),
         transfer_syntax_uid=transfer_syntax,
+    )
+
+
+def identity_from_checked(checked: CheckedDataset) -> InstanceIdentity:
+    """The identity from the raw top-level values of :data:`IDENTITY_TAGS` (node/limits.py).
+
+    UI and CS values are ASCII in every character set (PS3.5 6.1.2.3, 6.2); UIDs may be padded
+    with NUL, CS values with spaces. Raises storage.uids.InvalidUID when a UID is missing or malformed.
+    """
+
+    def text(tag: int) -> str | None:
+        raw = checked.values.get(tag)
+        return None if raw is None else raw.decode("ascii", "replace")
+
+    return InstanceIdentity(
+        study_instance_uid=validate_uid(text(0x0020000D), "StudyInstanceUID"),
+        series_instance_uid=validate_uid(text(0x0020000E), "SeriesInstanceUID"),
+        sop_instance_uid=validate_uid(text(0x00080018), "SOPInstanceUID"),
+        sop_class_uid=validate_uid(text(0x00080016), "SOPClassUID"),
+        modality=(text(0x00080060) or "").strip("\x00 "),
+        transfer_syntax_uid=checked.transfer_syntax_uid,
     )

@@ -194,11 +194,23 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
 # -- once received (C-STORE handler) -------------------------------------------------------------
 
 
-def check_dataset(encoded_file: bytes | memoryview, limits: DatasetLimits) -> None:
+@dataclass(frozen=True)
+class CheckedDataset:
+    """What :func:`check_dataset` read on its way through a dataset that passed: the File Meta's
+    Transfer Syntax UID and the raw values (bytes as encoded, padding included) of the requested
+    top-level elements that are present, by tag."""
+
+    transfer_syntax_uid: str
+    values: dict[int, bytes]
+
+
+def check_dataset(encoded_file: bytes | memoryview, limits: DatasetLimits,
+                  keep: frozenset[int] = frozenset()) -> CheckedDataset:
     """Check a received file (preamble, File Meta, dataset) against ``limits``; raise DatasetRefused.
 
     The File Meta is the one pynetdicom wrote from the accepted presentation context, so its
-    Transfer Syntax says how the dataset is encoded."""
+    Transfer Syntax says how the dataset is encoded. The values of the top-level elements whose
+    tags are in ``keep`` are returned, so that the caller needs no second parse for them."""
     data = memoryview(encoded_file)
     if len(data) > 132 + limits.max_dataset_bytes:
         raise DatasetRefused(DATASET_TOO_LARGE, f"dataset of {len(data)} bytes is above the limit")
@@ -208,7 +220,9 @@ def check_dataset(encoded_file: bytes | memoryview, limits: DatasetLimits) -> No
         body = memoryview(inflate_bounded(body, limits.max_inflated_bytes))
     implicit = syntax == IMPLICIT_VR_LE or (len(body) >= 6 and bytes(body[4:6]) not in _VRS)  # as pydicom
     little = syntax != EXPLICIT_VR_BE
-    _Walker(body, little, limits.max_element_bytes).dataset(0, len(body), 0, False, implicit)
+    walker = _Walker(body, little, limits.max_element_bytes, keep)
+    walker.dataset(0, len(body), 0, False, implicit)
+    return CheckedDataset(syntax, walker.kept)
 
 
 def inflate_bounded(data: memoryview | bytes, limit: int) -> bytes:
@@ -259,10 +273,12 @@ def _read_meta(data: memoryview) -> tuple[int, str]:
 class _Walker:
     """Reads element headers only (PS3.5 7.1-7.5); raises DatasetRefused on the first problem."""
 
-    def __init__(self, data: memoryview, little: bool, max_element: int) -> None:
+    def __init__(self, data: memoryview, little: bool, max_element: int, keep: frozenset[int] = frozenset()) -> None:
         self.data = data
         self.max_element = max_element
         self.order = "<" if little else ">"
+        self.keep = keep
+        self.kept: dict[int, bytes] = {}
 
     def _bad(self, pos: int, why: str) -> DatasetRefused:
         return DatasetRefused(CANNOT_UNDERSTAND, f"malformed dataset at byte {pos}: {why}")
@@ -316,6 +332,8 @@ class _Walker:
                 raise self._bad(pos, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) declares {length} bytes past the end")
             if is_sequence and length:
                 self._items(value, value + length, depth, False, implicit)
+            elif depth == 0 and tag in self.keep:
+                self.kept[tag] = bytes(self.data[value : value + length])
             pos = value + length
         if until_item_end:
             raise self._bad(pos, "item without its delimitation item")

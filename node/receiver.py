@@ -23,7 +23,7 @@ from pynetdicom.events import Event
 
 from node import metrics
 from node.audit import AuditLog
-from node.dicom_header import InstanceIdentity, UnreadableDataset, read_identity
+from node.dicom_header import IDENTITY_TAGS, InstanceIdentity, identity_from_checked
 from node.file_meta import encode_file
 from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
 from storage.database import is_out_of_space
@@ -161,16 +161,13 @@ class StoreService:
             log.warning("refused SOP Instance %s: %s", requested_uid[:80], refused.reason)
             return refused.status
         data = received_file(event)
-        try:
-            check_dataset(data, self._limits)  # before pydicom parses anything or a byte is written
+        try:  # one pass over the element headers, before a byte is written
+            checked = check_dataset(data, self._limits, IDENTITY_TAGS)
         except DatasetRefused as exc:
             log.warning("refused SOP Instance %s: %s", requested_uid[:80], exc.reason)
             return exc.status
         try:
-            identity = read_identity(data)
-        except UnreadableDataset as exc:
-            log.warning("refused SOP Instance %s: dataset cannot be parsed (%s)", requested_uid, exc)
-            return CANNOT_UNDERSTAND
+            identity = identity_from_checked(checked)
         except InvalidUID as exc:
             log.warning("refused SOP Instance %r: %s", requested_uid[:80], exc)
             return INVALID_UID
