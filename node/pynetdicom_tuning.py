@@ -1,4 +1,5 @@
-"""Event-driven waits for pynetdicom 3.0's association threads (receiver and delivery).
+"""Event-driven waits and a shorter per-PDU path for pynetdicom 3.0's association threads
+(receiver and delivery).
 
 Why
   pynetdicom runs every association on two threads that poll instead of waiting on events:
@@ -15,7 +16,8 @@ Why
 
 What changes (only for associations accepted by a server built with :class:`TunedRequestHandler`,
 and for delivery associations given :func:`tune_requestor` once established, where only the DUL
-part below applies: the user's thread already blocks on its queue)
+part below applies: the user's thread already blocks on its queue; the last three items are for
+acceptor associations only)
   - The association thread's 1 ms poll becomes ``Event.wait(0.001)`` on a per-association event
     that is set whenever the DUL hands it something: a decoded DIMSE message (``dimse.msg_queue``)
     or an A-RELEASE/A-ABORT primitive (``dul.to_user_queue``). The 1 ms timeout is kept, so the
@@ -27,7 +29,28 @@ part below applies: the user's thread already blocks on its queue)
     C-STORE-RSP, an A-RELEASE-RP) wakes the DUL through the eventfd, so the response leaves at once
     instead of after the rest of a 1 ms sleep. While a sender waits for each response (one
     outstanding operation), that sleep was paid once per instance.
-  Neither change adds wake-ups: an idle association costs the same CPU as before. The eventfd is
+  - The association socket's ``recv(n)`` (``pynetdicom.transport.AssociationSocket.recv``) reads
+    a PDU body 4096 bytes per ``socket.recv`` call, each returning a new ``bytes`` that is then
+    appended to a ``bytearray``: 128 system calls and copies for one 512 KB fragment, about 2 ms
+    per image. It becomes :func:`read_exactly`: one buffer of ``n`` bytes filled in place by
+    ``recv_into`` with as much as the kernel holds per call; same result, same blocking and
+    timeout behaviour, same short buffer when the peer closes mid-PDU.
+  - A P-DATA-TF PDU that arrives while the association is established (state Sta6, nothing
+    else waiting in the DUL's event queue) is handed to the DIMSE provider by the DUL thread as
+    soon as it is read (:func:`_read_pdu`): its PDV items (PS3.8 9.3.5.1) are split directly from
+    the received bytes instead of going through a decoded ``P_DATA_TF`` object, the event queue,
+    a second reactor loop and the state machine, which for Sta6 + Evt10 does exactly this (action
+    DT-2, next state Sta6, PS3.8 9.2). A sender such as storescu splits a 512 KB image into five
+    or more PDUs, each of which paid that round trip. Every other PDU, a P-DATA-TF in any other
+    state, and every PDU when a handler is bound to ``EVT_DATA_RECV`` or ``EVT_PDU_RECV`` (which
+    this path does not trigger) goes through pynetdicom's own path unchanged; a malformed PDV
+    list is Evt19 (A-ABORT), as pynetdicom's decoder failing is.
+  - A C-STORE-RSP without Offending Element or Error Comment is encoded by
+    node/cstore_response.py (the same bytes) instead of through a pydicom Dataset encoded twice,
+    and queued for the DUL as one P-DATA like pynetdicom's ``DIMSEServiceProvider.send_msg``
+    does; other messages, and every message when a handler is bound to ``EVT_DIMSE_SENT``, keep
+    pynetdicom's path.
+  None of these changes adds wake-ups: an idle association costs the same CPU as before. The eventfd is
   closed when the association's queue is garbage-collected (nothing can write to it or wait on it
   any more by then), never while a thread might still use it.
   Implementation: ``pynetdicom.dul.time`` and ``pynetdicom.association.time`` (the ``time`` module
@@ -49,6 +72,7 @@ import logging
 import os
 import queue
 import select
+import socket
 import threading
 import time as _time
 import weakref
@@ -58,7 +82,12 @@ from typing import Any
 import pynetdicom
 from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
+
+from node.cstore_response import encode_c_store_response
 
 log = logging.getLogger("radnode.receiver")
 
@@ -109,6 +138,104 @@ class _SignallingQueue(queue.Queue):  # type: ignore[type-arg]
             os.eventfd_write(self.wake_fd, 1)
         except BlockingIOError:  # the counter is saturated: the DUL is being woken anyway
             pass
+
+
+def read_exactly(raw: socket.socket, nr_bytes: int) -> bytearray:
+    """Read ``nr_bytes`` from ``raw`` into one buffer (blocking, with the socket's timeout).
+
+    Returns fewer bytes only when the peer closed the connection first, as pynetdicom's own
+    ``AssociationSocket.recv`` does; OSError and TimeoutError propagate unchanged."""
+    buffer = bytearray(nr_bytes)
+    with memoryview(buffer) as view:
+        filled = 0
+        while filled < nr_bytes:
+            received = raw.recv_into(view[filled:])
+            if received == 0:
+                break
+            filled += received
+    if filled < nr_bytes:
+        del buffer[filled:]
+    return buffer
+
+
+def split_pdv_items(body: bytes | bytearray) -> list[list[Any]]:
+    """The ``[context ID, PDV data]`` pairs of a P-DATA-TF PDU body (PS3.8 9.3.5.1, Table 9-23:
+    4-byte big-endian item length, 1-byte presentation context ID, then the message control
+    header and fragment). Raises ValueError when the items do not fill the body exactly."""
+    items: list[list[Any]] = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if offset + 6 > end:
+            raise ValueError(f"PDV item header truncated at byte {offset}")
+        length = int.from_bytes(body[offset : offset + 4], "big")
+        if length < 2 or offset + 4 + length > end:
+            raise ValueError(f"PDV item at byte {offset} declares {length} bytes")
+        items.append([body[offset + 4], bytes(body[offset + 5 : offset + 4 + length])])
+        offset += 4 + length
+    if not items:
+        raise ValueError("P-DATA-TF PDU without a PDV item")
+    return items
+
+
+_PDU_EVENTS = {0x01: "Evt6", 0x02: "Evt3", 0x03: "Evt4", 0x04: "Evt10", 0x05: "Evt12", 0x06: "Evt13", 0x07: "Evt16"}
+
+
+def _read_pdu(dul: Any) -> None:
+    """``DULServiceProvider._read_pdu_data`` for tuned acceptor DULs (see the module docstring).
+
+    Events emitted as pynetdicom's: Evt17 when the connection closes or times out mid-PDU, Evt19
+    for an unknown PDU type or a PDU that does not decode, else the PDU's own event."""
+    try:
+        header = dul.socket.recv(6)
+    except (OSError, TimeoutError) as exc:
+        log.debug("connection closed before a PDU header was received: %s", exc)
+        dul.event_queue.put("Evt17")
+        return
+    if len(header) != 6:
+        dul.event_queue.put("Evt17")
+        return
+    pdu_type, pdu_length = header[0], int.from_bytes(header[2:6], "big")
+    if pdu_type not in _PDU_EVENTS:
+        log.error("unknown PDU type 0x%02X received", pdu_type)
+        dul.event_queue.put("Evt19")
+        return
+    try:
+        body = dul.socket.recv(pdu_length)
+    except (OSError, TimeoutError) as exc:
+        log.warning("connection closed before the entire PDU was received: %s", exc)
+        dul.event_queue.put("Evt17")
+        return
+    if len(body) != pdu_length:
+        log.warning("the received PDU is shorter than declared (%d of %d bytes)", len(body), pdu_length)
+        dul.event_queue.put("Evt17")
+        return
+    if pdu_type == 0x04 and _can_deliver_directly(dul):
+        try:
+            items = split_pdv_items(body)
+        except ValueError as exc:
+            log.error("unable to decode a P-DATA-TF PDU: %s", exc)
+            dul.event_queue.put("Evt19")
+            return
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = items
+        dul.assoc.dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
+        return
+    try:
+        pdu, event = dul._decode_pdu(header + body)
+    except Exception as exc:  # pynetdicom's decoders raise many kinds on malformed PDUs
+        log.error("unable to decode the received PDU: %s", exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+def _can_deliver_directly(dul: Any) -> bool:
+    """Sta6 + Evt10 with nothing queued before it, and nobody listening for the raw PDU events."""
+    if dul.state_machine.current_state != "Sta6" or not dul.event_queue.empty() or not dul._recv_pdu.empty():
+        return False
+    assoc = dul.assoc
+    return not assoc.get_handlers(evt.EVT_DATA_RECV) and not assoc.get_handlers(evt.EVT_PDU_RECV)
 
 
 def _wait_for_dul_work(dul: Any, seconds: float) -> bool:
@@ -186,6 +313,52 @@ def tune_association(assoc: Any) -> None:
     assoc.dul.to_user_queue = _WakingQueue(wake)
     setattr(assoc, _WAKE_ATTR, wake)
     _tune_dul(assoc.dul)
+    _tune_recv(assoc.dul.socket)
+    dul = assoc.dul
+    dul._read_pdu_data = lambda: _read_pdu(dul)
+    _tune_responses(assoc)
+
+
+def _tune_responses(assoc: Any) -> None:
+    """Send this association's C-STORE-RSPs through :func:`_send_c_store_response` when it can."""
+    dimse = assoc.dimse
+    original = dimse.send_msg
+
+    def send_msg(primitive: Any, context_id: int) -> None:
+        if not _send_c_store_response(assoc, primitive, context_id):
+            original(primitive, context_id)
+
+    dimse.send_msg = send_msg
+
+
+def _send_c_store_response(assoc: Any, primitive: Any, context_id: int) -> bool:
+    """Queue ``primitive`` for the DUL as one P-DATA holding its whole command set (control header
+    0x03: command, last fragment; PS3.8 E.2) when it is a plain C-STORE-RSP; False otherwise."""
+    if (not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None
+            or primitive.Status is None or getattr(primitive, "ErrorComment", None) is not None
+            or getattr(primitive, "OffendingElement", None) is not None
+            or assoc.get_handlers(evt.EVT_DIMSE_SENT)):
+        return False
+    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
+    command = encode_c_store_response(int(primitive.MessageIDBeingRespondedTo), int(primitive.Status),
+                                      None if sop_class is None else str(sop_class),
+                                      None if sop_instance is None else str(sop_instance))
+    max_pdu = assoc.dimse.maximum_pdu_size  # the peer's Maximum Length; 0 means no limit
+    if max_pdu and len(command) > max_pdu - 6:
+        return False  # pynetdicom splits it into several fragments
+    pdata = P_DATA()
+    pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
+    assoc.dul.send_pdu(pdata)
+    return True
+
+
+def _tune_recv(association_socket: Any) -> None:
+    """Give an AssociationSocket :func:`read_exactly` as its ``recv`` (this socket only)."""
+
+    def recv(nr_bytes: int) -> bytearray:
+        return read_exactly(association_socket.socket, nr_bytes)
+
+    association_socket.recv = recv
 
 
 def _tune_dul(dul: Any) -> None:

@@ -107,6 +107,10 @@ class _SharedPortServer(ThreadedAssociationServer):
 def build_application_entity(settings: NodeSettings, receivers: int) -> AE:
     """An AE configured from ``[node]``: called AE title enforced, timeouts and limits set."""
     _config.UNRESTRICTED_STORAGE_SERVICE = True  # accept every storage SOP class (see module doc)
+    # pynetdicom's "standard" log handlers (bound to every association's PDU and DIMSE events) only
+    # log at DEBUG/INFO, which node/logs.py keeps off for the "pynetdicom" logger (patient data):
+    # without them, no handler runs per PDU or message for nothing.
+    _config.LOG_HANDLER_LEVEL = "none"
     ae = AE(ae_title=settings.ae_title)
     ae.require_called_aet = True
     ae.maximum_pdu_size = settings.max_pdu_kb * 1024  # advertised; longer PDUs are refused (node/limits.py)

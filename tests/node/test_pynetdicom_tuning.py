@@ -69,31 +69,47 @@ def test_tuning_can_be_switched_off_for_comparisons(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def tuned_scp():  # type: ignore[no-untyped-def]
+def scp_statuses() -> dict[str, int]:
+    """The statuses tuned_scp's handler answers, by SOP Instance UID (default 0x0000)."""
+    return {}
+
+
+@pytest.fixture
+def scp_extra_handlers() -> list[tuple[object, object]]:
+    """Event handlers tuned_scp binds besides its C-STORE handler (parametrize to change)."""
+    return []
+
+
+@pytest.fixture
+def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[object, object]],  # type: ignore[no-untyped-def]
+              monkeypatch: pytest.MonkeyPatch):
     """An in-process SCP built as the receiver builds it, recording each C-STORE's bytes."""
     from node.scp import _SharedPortServer
     from node.pynetdicom_tuning import TunedRequestHandler
 
     assert pynetdicom_tuning.apply()
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", "none")  # as node/scp.py sets it, before the server
     received: dict[str, bytes] = {}
     threads: list[threading.Thread] = []
 
     def on_store(event):  # type: ignore[no-untyped-def]
         threads.append(threading.current_thread())
-        received[str(event.request.AffectedSOPInstanceUID)] = bytes(event.encoded_dataset())
-        return 0x0000
+        uid = str(event.request.AffectedSOPInstanceUID)
+        received[uid] = bytes(event.encoded_dataset())
+        return scp_statuses.get(uid, 0x0000)
 
     ae = AE(ae_title="TUNED")
     ae.add_supported_context(Verification)
     ae.add_supported_context(CTImageStorage)
     port = free_port()
     server = _SharedPortServer(ae, ("127.0.0.1", port), "TUNED", ae.supported_contexts, None,
-                               evt_handlers=[(evt.EVT_C_STORE, on_store)], request_handler=TunedRequestHandler)
+                               evt_handlers=[(evt.EVT_C_STORE, on_store), *scp_extra_handlers], request_handler=TunedRequestHandler)
     ae._servers.append(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield port, received, threads
     ae.shutdown()
+
 
 
 def test_accepted_associations_wait_on_events_and_other_threads_sleep_normally(
@@ -230,3 +246,138 @@ def test_a_requestor_that_is_not_established_is_left_alone() -> None:
     assert not refused.is_established
     assert not pynetdicom_tuning.tune_requestor(refused)
     assert not getattr(refused.dul, pynetdicom_tuning._TUNED_DUL_ATTR, False)
+
+
+def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Count the calls of pynetdicom_tuning.<name> (the tuned paths look it up at each call)."""
+    calls = [0]
+    original = getattr(pynetdicom_tuning, name)
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pynetdicom_tuning, name, counted)
+    return calls
+
+
+def _store_all(port: int, files: list[Path]) -> list[tuple[int, str]]:
+    """C-STORE each file's own bytes on one association; (status, responded SOP Instance UID) each."""
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    scu.maximum_pdu_size = 16384  # a 128 x 128 image arrives as several P-DATA-TF PDUs
+    answers: list[tuple[int, str]] = []
+
+    def on_response(event):  # type: ignore[no-untyped-def]
+        command = event.message.command_set
+        answers.append((int(command.Status), str(command.AffectedSOPInstanceUID)))
+
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED", evt_handlers=[(evt.EVT_DIMSE_RECV, on_response)])
+    assert assoc.is_established
+    for path in files:
+        assoc.send_c_store(path)
+    assoc.release()
+    assert assoc.is_released
+    return answers
+
+
+def test_p_data_of_an_established_association_goes_straight_to_dimse_and_arrives_intact(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    split_calls = _count_calls(monkeypatch, "split_pdv_items")
+    files = write_series(tmp_path / "s", 12, size=128, seed=17)
+
+    answers = _store_all(port, files)
+
+    assert [status for status, _ in answers] == [0x0000] * len(files)
+    assert split_calls[0] >= 2 * len(files)  # a command PDU and at least one dataset PDU each
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
+@pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_PDU_RECV, lambda event: None),
+                                                  (evt.EVT_DIMSE_SENT, lambda event: None)]])
+def test_with_handlers_bound_to_pdus_and_messages_every_pdu_and_response_takes_pynetdicoms_path(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    split_calls = _count_calls(monkeypatch, "split_pdv_items")
+    encode_calls = _count_calls(monkeypatch, "encode_c_store_response")
+    files = write_series(tmp_path / "s", 3, size=128, seed=18)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert split_calls[0] == 0 and encode_calls[0] == 0
+    assert len(received) == len(files)
+
+
+def test_c_store_responses_carry_the_handlers_status_and_the_instance_they_answer(
+    tuned_scp, scp_statuses: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, _received, _threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    encode_calls = _count_calls(monkeypatch, "encode_c_store_response")
+    files = write_series(tmp_path / "s", 4, size=32, seed=19)
+    uids = [str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID) for path in files]
+    for uid, status in zip(uids, (0x0000, 0xA700, 0xC001, 0x0110)):
+        scp_statuses[uid] = status
+
+    answers = _store_all(port, files)
+
+    assert answers == [(0x0000, uids[0]), (0xA700, uids[1]), (0xC001, uids[2]), (0x0110, uids[3])]
+    assert encode_calls[0] == len(files)
+
+
+def test_pdv_items_are_split_as_ps3_8_lays_them_out() -> None:
+    body = (b"\x00\x00\x00\x04" + b"\x01" + b"\x03ab"  # context 1, command, last fragment, 2 bytes
+            + b"\x00\x00\x00\x03" + b"\x03" + b"\x02z")  # context 3, dataset, last fragment, 1 byte
+    assert pynetdicom_tuning.split_pdv_items(body) == [[1, b"\x03ab"], [3, b"\x02z"]]
+    assert pynetdicom_tuning.split_pdv_items(bytearray(body)) == [[1, b"\x03ab"], [3, b"\x02z"]]
+
+
+@pytest.mark.parametrize("body", [
+    b"",  # no item
+    b"\x00\x00\x00",  # truncated item header
+    b"\x00\x00\x00\x01\x01",  # item without a control header
+    b"\x00\x00\x00\x09\x01\x03ab",  # item longer than the PDU
+    b"\x00\x00\x00\x04\x01\x03ab\x00",  # a stray byte after the last item
+])
+def test_a_malformed_pdv_list_is_refused(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        pynetdicom_tuning.split_pdv_items(body)
+
+
+def test_read_exactly_collects_a_pdu_sent_in_pieces_and_stops_short_at_close() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(5)
+        payload = bytes(range(256)) * 1024  # 256 KB
+        sender = threading.Thread(target=lambda: [far.sendall(payload[i:i + 1000]) for i in range(0, len(payload), 1000)])
+        sender.start()
+        assert pynetdicom_tuning.read_exactly(near, len(payload)) == payload
+        sender.join()
+        far.sendall(b"abc")
+        far.close()
+        assert pynetdicom_tuning.read_exactly(near, 10) == bytearray(b"abc")  # the peer closed first
+    finally:
+        near.close()
+
+
+def test_read_exactly_keeps_the_sockets_timeout() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(0.2)
+        far.sendall(b"ab")
+        with pytest.raises(TimeoutError):
+            pynetdicom_tuning.read_exactly(near, 4)
+    finally:
+        near.close()
+        far.close()
+
