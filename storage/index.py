@@ -70,20 +70,20 @@ class InstanceIndex:
             .where(Instance.sop_instance_uid == bindparam("uid"))
             .values(size_bytes=bindparam("size"), received_at=bindparam("at"))
         )
-        self._select_state = select(Series.state).where(Series.id == bindparam("sid"))
-        self._bump_series = (
-            update(Series)
-            .where(Series.id == bindparam("sid"))
-            .values(
-                instance_count=Series.instance_count + 1,
-                last_instance_at=bindparam("at"),
-                released_at=None,
-                state="receiving",
-                generation=Series.generation + bindparam("reopen", type_=Integer),
-                # start-up recovery re-indexes files without knowing their sender: keep the known one
-                calling_ae_title=func.coalesce(func.nullif(bindparam("ae"), ""), Series.calling_ae_title),
-                calling_host=func.coalesce(func.nullif(bindparam("host"), ""), Series.calling_host),
-            )
+        bumped_values = dict(
+            instance_count=Series.instance_count + 1,
+            last_instance_at=bindparam("at"),
+            released_at=None,
+            state="receiving",
+            generation=Series.generation + bindparam("reopen", type_=Integer),
+            # start-up recovery re-indexes files without knowing their sender: keep the known one
+            calling_ae_title=func.coalesce(func.nullif(bindparam("ae"), ""), Series.calling_ae_title),
+            calling_host=func.coalesce(func.nullif(bindparam("host"), ""), Series.calling_host),
+        )
+        self._bump_series = update(Series).where(Series.id == bindparam("sid")).values(**bumped_values)
+        # the usual case in one statement: no row changed means the series had completed
+        self._bump_open_series = (
+            update(Series).where(Series.id == bindparam("sid"), Series.state != "complete").values(**bumped_values)
         )
 
     def record(self, item: ReceivedInstance) -> RecordOutcome:
@@ -111,18 +111,11 @@ class InstanceIndex:
                     {"uid": item.sop_instance_uid, "size": item.size_bytes, "at": item.received_at},
                 )
                 return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
-            state = conn.execute(self._select_state, {"sid": series_id}).scalar_one()
-            reopened = state == "complete"
-            conn.execute(
-                self._bump_series,
-                {
-                    "sid": series_id,
-                    "at": item.received_at,
-                    "reopen": 1 if reopened else 0,
-                    "ae": item.calling_ae_title,
-                    "host": item.calling_host,
-                },
-            )
+            bump = {"sid": series_id, "at": item.received_at, "reopen": 0,
+                    "ae": item.calling_ae_title, "host": item.calling_host}
+            reopened = conn.execute(self._bump_open_series, bump).rowcount == 0
+            if reopened:  # the series had completed: this late instance reopens it
+                conn.execute(self._bump_series, {**bump, "reopen": 1})
             return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
 
     def _ensure_series(self, conn, item: ReceivedInstance) -> int:  # type: ignore[no-untyped-def]

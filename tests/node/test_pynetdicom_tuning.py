@@ -75,6 +75,18 @@ def scp_statuses() -> dict[str, int]:
 
 
 @pytest.fixture
+def scp_handler_threads() -> list[threading.Thread]:
+    """The thread each C-STORE handler call of tuned_scp ran on."""
+    return []
+
+
+@pytest.fixture
+def scp_store_delay_s() -> float:
+    """How long tuned_scp's C-STORE handler takes (parametrize to change)."""
+    return 0.0
+
+
+@pytest.fixture
 def scp_extra_handlers() -> list[tuple[object, object]]:
     """Event handlers tuned_scp binds besides its C-STORE handler (parametrize to change)."""
     return []
@@ -82,6 +94,7 @@ def scp_extra_handlers() -> list[tuple[object, object]]:
 
 @pytest.fixture
 def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[object, object]],  # type: ignore[no-untyped-def]
+              scp_handler_threads: list[threading.Thread], scp_store_delay_s: float,
               monkeypatch: pytest.MonkeyPatch):
     """An in-process SCP built as the receiver builds it, recording each C-STORE's bytes."""
     from node.scp import _SharedPortServer
@@ -93,12 +106,15 @@ def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[objec
     threads: list[threading.Thread] = []
 
     def on_store(event):  # type: ignore[no-untyped-def]
-        threads.append(threading.current_thread())
+        threads.append(event.assoc)  # the acceptor's Association thread
+        scp_handler_threads.append(threading.current_thread())
+        time.sleep(scp_store_delay_s)
         uid = str(event.request.AffectedSOPInstanceUID)
         received[uid] = bytes(event.encoded_dataset())
         return scp_statuses.get(uid, 0x0000)
 
     ae = AE(ae_title="TUNED")
+    ae.network_timeout = 0.5 if scp_store_delay_s else 60  # a slow store must not count as a silent peer
     ae.add_supported_context(Verification)
     ae.add_supported_context(CTImageStorage)
     port = free_port()
@@ -281,10 +297,11 @@ def _store_all(port: int, files: list[Path]) -> list[tuple[int, str]]:
     return answers
 
 
-def test_p_data_of_an_established_association_goes_straight_to_dimse_and_arrives_intact(
-    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+def test_p_data_of_an_established_association_goes_straight_to_dimse_and_is_served_on_the_dul_thread(
+    tuned_scp, scp_handler_threads: list[threading.Thread], tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port, received, _threads = tuned_scp
+    port, received, associations = tuned_scp
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     split_calls = _count_calls(monkeypatch, "split_pdv_items")
     files = write_series(tmp_path / "s", 12, size=128, seed=17)
@@ -293,6 +310,8 @@ def test_p_data_of_an_established_association_goes_straight_to_dimse_and_arrives
 
     assert [status for status, _ in answers] == [0x0000] * len(files)
     assert split_calls[0] >= 2 * len(files)  # a command PDU and at least one dataset PDU each
+    # each request was served where it was completed: on the association's DUL thread
+    assert scp_handler_threads == [associations[0].dul] * len(files)
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
@@ -301,9 +320,10 @@ def test_p_data_of_an_established_association_goes_straight_to_dimse_and_arrives
 @pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_PDU_RECV, lambda event: None),
                                                   (evt.EVT_DIMSE_SENT, lambda event: None)]])
 def test_with_handlers_bound_to_pdus_and_messages_every_pdu_and_response_takes_pynetdicoms_path(
-    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+    tuned_scp, scp_handler_threads: list[threading.Thread], tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    port, received, _threads = tuned_scp
+    port, received, associations = tuned_scp
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     split_calls = _count_calls(monkeypatch, "split_pdv_items")
     encode_calls = _count_calls(monkeypatch, "encode_c_store_response")
@@ -312,6 +332,7 @@ def test_with_handlers_bound_to_pdus_and_messages_every_pdu_and_response_takes_p
     assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
     assert split_calls[0] == 0 and encode_calls[0] == 0
     assert len(received) == len(files)
+    assert scp_handler_threads == [associations[0]] * len(files)  # served by the association thread
 
 
 def test_c_store_responses_carry_the_handlers_status_and_the_instance_they_answer(
@@ -381,3 +402,17 @@ def test_read_exactly_keeps_the_sockets_timeout() -> None:
         near.close()
         far.close()
 
+
+
+@pytest.mark.parametrize("scp_store_delay_s", [1.5])
+def test_a_store_slower_than_the_network_timeout_is_answered_not_aborted(
+    tuned_scp, scp_handler_threads: list[threading.Thread], tmp_path: Path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, received, associations = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    files = write_series(tmp_path / "s", 2, size=32, seed=20)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000, 0x0000]
+    assert scp_handler_threads == [associations[0].dul] * 2  # the DUL thread was busy storing
+    assert len(received) == 2
