@@ -87,6 +87,15 @@ def make_images(root: Path, count: int, folders: int = 4, size: int = 512) -> li
 
 
 # -- helpers --------------------------------------------------------------------------------------
+def settle_disk(seconds: float = 1.0) -> None:
+    """Flush what earlier runs left dirty and give the file system time to finish writing it
+    back (ext4 checkpoints its journal after the commit that os.sync() waits for), then flush
+    again, so that no receiver's clock pays for the previous receiver's writes."""
+    os.sync()
+    time.sleep(seconds)
+    os.sync()
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -344,10 +353,9 @@ def main() -> int:
                     receiver.workdir.mkdir(parents=True)
                     try:
                         receiver.start()
-                        # Flush what earlier runs left dirty (storescp writes 150 MB without fsync):
+                        # Flush what earlier runs left dirty (storescp writes 150 MB without fsync),
                         # else the next receiver's first fsyncs pay for writing it back.
-                        os.sync()
-                        time.sleep(0.3)  # let start-up work settle before the clock starts
+                        settle_disk()
                         seconds = send_with_storescu(receiver.port, aet, split)
                         receiver.check(args.images)
                     finally:
@@ -370,8 +378,7 @@ def main() -> int:
                         assert hog_process.stdout is not None
                         hog_process.stdout.readline()
                         time.sleep(1.0)
-                    os.sync()
-                    time.sleep(0.3)
+                    settle_disk()
                     latencies = store_latencies(receiver.port, "RADNODE", all_files)
                     receiver.check(args.images)
                 finally:
