@@ -44,7 +44,9 @@ acceptor associations only)
     or more PDUs, each of which paid that round trip. Every other PDU, a P-DATA-TF in any other
     state, and every PDU when a handler is bound to ``EVT_DATA_RECV`` or ``EVT_PDU_RECV`` (which
     this path does not trigger) goes through pynetdicom's own path unchanged; a malformed PDV
-    list is Evt19 (A-ABORT), as pynetdicom's decoder failing is.
+    list is Evt19 (A-ABORT), as pynetdicom's decoder failing is. When such a PDU did not complete
+    a message and the next one is already arriving, that one is read at once, without a reactor
+    loop (two select() calls and a queue check) in between.
   - A C-STORE request completed that way is served on the DUL thread itself
     (:func:`_serve_queued_store`: pynetdicom's ``Association._serve_request``, our handler,
     the response queued for the DUL) instead of being handed to the association thread and its
@@ -197,6 +199,17 @@ _PDU_EVENTS = {0x01: "Evt6", 0x02: "Evt3", 0x03: "Evt4", 0x04: "Evt10", 0x05: "E
 def _read_pdu(dul: Any) -> None:
     """``DULServiceProvider._read_pdu_data`` for tuned acceptor DULs (see the module docstring).
 
+    After a P-DATA-TF handed straight to DIMSE that did not complete a request, the next PDU is
+    read at once when it is already arriving, instead of after another reactor loop (an event
+    queue check and two select() calls); anything else returns to the reactor."""
+    while _read_one_pdu(dul) and dul.socket.ready:
+        pass
+
+
+def _read_one_pdu(dul: Any) -> bool:
+    """Read one PDU. True when it was a P-DATA-TF handed straight to DIMSE and no request was
+    served, i.e. nothing waits for the reactor: no event, no response to send.
+
     Events emitted as pynetdicom's: Evt17 when the connection closes or times out mid-PDU, Evt19
     for an unknown PDU type or a PDU that does not decode, else the PDU's own event."""
     try:
@@ -204,32 +217,32 @@ def _read_pdu(dul: Any) -> None:
     except (OSError, TimeoutError) as exc:
         log.debug("connection closed before a PDU header was received: %s", exc)
         dul.event_queue.put("Evt17")
-        return
+        return False
     if len(header) != 6:
         dul.event_queue.put("Evt17")
-        return
+        return False
     pdu_type, pdu_length = header[0], int.from_bytes(header[2:6], "big")
     if pdu_type not in _PDU_EVENTS:
         log.error("unknown PDU type 0x%02X received", pdu_type)
         dul.event_queue.put("Evt19")
-        return
+        return False
     try:
         body = dul.socket.recv(pdu_length)
     except (OSError, TimeoutError) as exc:
         log.warning("connection closed before the entire PDU was received: %s", exc)
         dul.event_queue.put("Evt17")
-        return
+        return False
     if len(body) != pdu_length:
         log.warning("the received PDU is shorter than declared (%d of %d bytes)", len(body), pdu_length)
         dul.event_queue.put("Evt17")
-        return
+        return False
     if pdu_type == 0x04 and _can_deliver_directly(dul):
         try:
             items = split_pdv_items(body)
         except ValueError as exc:
             log.error("unable to decode a P-DATA-TF PDU: %s", exc)
             dul.event_queue.put("Evt19")
-            return
+            return False
         primitive = P_DATA()
         primitive.presentation_data_value_list = items
         setattr(dul, _DIRECT_ATTR, True)
@@ -237,30 +250,33 @@ def _read_pdu(dul: Any) -> None:
             dul.assoc.dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
         finally:
             setattr(dul, _DIRECT_ATTR, False)
-        _serve_queued_store(dul.assoc)
-        return
+        return not _serve_queued_store(dul.assoc)
     try:
         pdu, event = dul._decode_pdu(header + body)
     except Exception as exc:  # pynetdicom's decoders raise many kinds on malformed PDUs
         log.error("unable to decode the received PDU: %s", exc)
         dul.event_queue.put("Evt19")
-        return
+        return False
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
+    return False
 
 
-def _serve_queued_store(assoc: Any) -> None:
+def _serve_queued_store(assoc: Any) -> bool:
     """Serve a C-STORE request that the DIMSE provider just completed, on this (the DUL) thread.
 
     The association thread would serve it the same way (``Association._serve_request``), after
     two thread hand-offs: the request to it, the response back to the DUL. The idle timer is
     stopped meanwhile, as it is in effect while the association thread runs a handler (the
     network timeout is for a silent peer, not for a slow store). A request the association
-    thread has already taken, or any other message, is left to it."""
+    thread has already taken, or any other message, is left to it. Returns whether a message
+    was complete (served here, or waiting for the association thread)."""
     messages = assoc.dimse.msg_queue
     with messages.not_empty:  # the queue's own lock: take the item only if it is still there
-        if not messages.queue or not _is_store_request(messages.queue[0]):
-            return
+        if not messages.queue:
+            return False
+        if not _is_store_request(messages.queue[0]):
+            return True  # a complete message for the association thread: back to the reactor
         context_id, request = messages._get()
         messages.not_full.notify()
     timer = assoc.dul._idle_timer
@@ -269,6 +285,7 @@ def _serve_queued_store(assoc: Any) -> None:
         assoc._serve_request(request, context_id)
     finally:
         timer.restart()
+    return True
 
 
 def _can_deliver_directly(dul: Any) -> bool:
