@@ -1,6 +1,6 @@
 """The DICOM Storage SCP: C-ECHO and C-STORE for every storage SOP class (PS3.4 Annex B).
 
-Built on pynetdicom with three small, isolated choices:
+Built on pynetdicom with a few small, isolated choices:
 - the peer allow-list is checked when the A-ASSOCIATE-RQ arrives (EVT_REQUESTED), so an unknown
   caller gets A-ASSOCIATE-RJ "rejected-permanent / service-user / calling-AE-title-not-recognized"
   (PS3.8 9.3.4) even when only its host is wrong;
@@ -10,7 +10,8 @@ Built on pynetdicom with three small, isolated choices:
   block the acceptor; every accepted socket gets the network timeout, so a peer that stalls in
   the middle of a PDU is disconnected instead of holding a thread forever;
 - every accepted association is bounded by node/limits.py (PDU length, command and dataset bytes);
-- accepted associations wait on events instead of 1 ms polls (node/pynetdicom_tuning.py);
+- accepted associations wait on events instead of 1 ms polls, read PDUs into one buffer, hand
+  P-DATA straight to DIMSE and serve C-STORE on the thread that read it (node/pynetdicom_tuning.py);
 - unrestricted storage: any storage, private or unknown SOP class is accepted in the first
   transfer syntax the caller proposes, and stored exactly as received.
 """
