@@ -60,6 +60,41 @@ def test_an_instance_reindexed_without_its_sender_keeps_the_series_sender(engine
     assert tuple(sender) == ("SCU", "127.0.0.1")
 
 
+def test_an_instance_row_holds_what_was_received_and_the_series_counts_it(engine: Engine) -> None:
+    from storage.models import Series
+
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3", at=1000.0))
+    outcome = index.record(_instance("1.2.3.4", at=1001.5))
+
+    assert outcome.is_new_instance and not outcome.reopened
+    with engine.connect() as conn:
+        row = conn.execute(select(Instance).where(Instance.sop_instance_uid == "1.2.3.4")).one()
+        series = conn.execute(select(Series.instance_count, Series.last_instance_at, Series.state,
+                                     Series.generation)).one()
+    assert (row.series_id, row.sop_class_uid, row.transfer_syntax_uid, row.path, row.size_bytes, row.received_at) == (
+        outcome.series_id, "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.1.2.1", "spool/1.2.3.1/1.2.3.2/1.2.3.4.dcm",
+        10, 1001.5)
+    assert tuple(series) == (2, 1001.5, "receiving", 0)
+
+
+def test_a_late_instance_reopens_a_completed_series_once(engine: Engine) -> None:
+    from storage.models import Series
+
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3"))
+    due = find_due_series(engine, now=2000.0, grace_s=1, quiet_s=60)
+    assert complete_series(engine, due[0], [], "no route matched", now=2000.0)
+
+    late = index.record(_instance("1.2.3.4", at=2001.0))
+    later = index.record(_instance("1.2.3.5", at=2002.0))
+
+    assert late.reopened and not later.reopened
+    with engine.connect() as conn:
+        series = conn.execute(select(Series.state, Series.generation, Series.instance_count)).one()
+    assert tuple(series) == ("receiving", 1, 3)
+
+
 def test_series_is_due_after_release_grace_or_quiet_period(engine: Engine) -> None:
     index = InstanceIndex(engine)
     outcome = index.record(_instance("1.2.3.3", at=1000.0))
