@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from io import BytesIO
 
 from pydicom import dcmread
+from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 
 from node.limits import CheckedDataset
@@ -25,13 +26,8 @@ _NEEDED = [
 ]
 
 
-IDENTITY_TAGS = frozenset({
-    0x0020000D,  # StudyInstanceUID
-    0x0020000E,  # SeriesInstanceUID
-    0x00080018,  # SOPInstanceUID
-    0x00080016,  # SOPClassUID
-    0x00080060,  # Modality
-})
+_TAGS = {keyword: int(tag_for_keyword(keyword) or 0) for keyword in _NEEDED}
+IDENTITY_TAGS = frozenset(_TAGS.values())  # what identity_from_checked needs check_dataset to keep
 
 
 class UnreadableDataset(ValueError):
@@ -98,15 +94,15 @@ def identity_from_checked(checked: CheckedDataset) -> InstanceIdentity:
     with NUL, CS values with spaces. Raises storage.uids.InvalidUID when a UID is missing or malformed.
     """
 
-    def text(tag: int) -> str | None:
-        raw = checked.values.get(tag)
+    def text(keyword: str) -> str | None:
+        raw = checked.values.get(_TAGS[keyword])
         return None if raw is None else raw.decode("ascii", "replace")
 
     return InstanceIdentity(
-        study_instance_uid=validate_uid(text(0x0020000D), "StudyInstanceUID"),
-        series_instance_uid=validate_uid(text(0x0020000E), "SeriesInstanceUID"),
-        sop_instance_uid=validate_uid(text(0x00080018), "SOPInstanceUID"),
-        sop_class_uid=validate_uid(text(0x00080016), "SOPClassUID"),
-        modality=(text(0x00080060) or "").strip("\x00 "),
+        study_instance_uid=validate_uid(text("StudyInstanceUID"), "StudyInstanceUID"),
+        series_instance_uid=validate_uid(text("SeriesInstanceUID"), "SeriesInstanceUID"),
+        sop_instance_uid=validate_uid(text("SOPInstanceUID"), "SOPInstanceUID"),
+        sop_class_uid=validate_uid(text("SOPClassUID"), "SOPClassUID"),
+        modality=(text("Modality") or "").strip("\x00 "),
         transfer_syntax_uid=checked.transfer_syntax_uid,
     )

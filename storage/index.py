@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Integer, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Instance, Series, Study
@@ -75,10 +75,9 @@ class InstanceIndex:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._series_ids: dict[str, int] = {}
-        self._compiled: dict[str, _Prepared] = {}
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._insert_instance = (
+        self._insert_instance = _Prepared(
             self._insert(Instance)
             .values(
                 series_id=bindparam("series_id"),
@@ -90,27 +89,33 @@ class InstanceIndex:
                 received_at=bindparam("received_at"),
             )
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"])
-            .returning(Instance.id)  # a row back = inserted (rowcount is not portable with RETURNING)
+            .returning(Instance.id),  # a row back = inserted (rowcount is not portable with RETURNING)
+            engine.dialect,
         )
-        self._update_duplicate = (
+        self._update_duplicate = _Prepared(
             update(Instance)
             .where(Instance.sop_instance_uid == bindparam("uid"))
-            .values(size_bytes=bindparam("size"), received_at=bindparam("at"))
+            .values(size_bytes=bindparam("size"), received_at=bindparam("at")),
+            engine.dialect,
         )
         bumped_values = dict(
             instance_count=Series.instance_count + 1,
             last_instance_at=bindparam("at"),
             released_at=None,
             state="receiving",
-            generation=Series.generation + bindparam("reopen", type_=Integer),
             # start-up recovery re-indexes files without knowing their sender: keep the known one
             calling_ae_title=func.coalesce(func.nullif(bindparam("ae"), ""), Series.calling_ae_title),
             calling_host=func.coalesce(func.nullif(bindparam("host"), ""), Series.calling_host),
         )
-        self._bump_series = update(Series).where(Series.id == bindparam("sid")).values(**bumped_values)
         # the usual case in one statement: no row changed means the series had completed
-        self._bump_open_series = (
-            update(Series).where(Series.id == bindparam("sid"), Series.state != "complete").values(**bumped_values)
+        self._bump_open_series = _Prepared(
+            update(Series).where(Series.id == bindparam("sid"), Series.state != "complete").values(**bumped_values),
+            engine.dialect,
+        )
+        self._reopen_series = _Prepared(
+            update(Series).where(Series.id == bindparam("sid"))
+            .values(**bumped_values, generation=Series.generation + 1),
+            engine.dialect,
         )
 
     def record(self, item: ReceivedInstance) -> RecordOutcome:
@@ -120,7 +125,7 @@ class InstanceIndex:
             if series_id is None:
                 series_id = self._ensure_series(conn, item)
                 self._series_ids[item.series_instance_uid] = series_id
-            inserted_row = self._prepared(conn, "insert_instance").execute(
+            inserted_row = self._insert_instance.execute(
                 conn,
                 {
                     "series_id": series_id,
@@ -133,22 +138,15 @@ class InstanceIndex:
                 },
             ).fetchone()
             if inserted_row is None:
-                self._prepared(conn, "update_duplicate").execute(
+                self._update_duplicate.execute(
                     conn, {"uid": item.sop_instance_uid, "size": item.size_bytes, "at": item.received_at}
                 )
                 return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
-            bump = {"sid": series_id, "at": item.received_at, "reopen": 0,
-                    "ae": item.calling_ae_title, "host": item.calling_host}
-            reopened = self._prepared(conn, "bump_open_series").execute(conn, bump).rowcount == 0
-            if reopened:  # the series had completed: this late instance reopens it
-                self._prepared(conn, "bump_series").execute(conn, {**bump, "reopen": 1})
+            bump = {"sid": series_id, "at": item.received_at, "ae": item.calling_ae_title, "host": item.calling_host}
+            reopened = self._bump_open_series.execute(conn, bump).rowcount == 0
+            if reopened:  # the series had completed: this late instance reopens it (generation + 1)
+                self._reopen_series.execute(conn, bump)
             return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
-
-    def _prepared(self, conn: Connection, name: str) -> _Prepared:
-        prepared = self._compiled.get(name)
-        if prepared is None:
-            prepared = self._compiled[name] = _Prepared(getattr(self, f"_{name}"), conn.dialect)
-        return prepared
 
     def _ensure_series(self, conn, item: ReceivedInstance) -> int:  # type: ignore[no-untyped-def]
         conn.execute(
