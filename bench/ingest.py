@@ -231,13 +231,13 @@ count = 0
             stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.workdir,
         )
         wait_until(lambda: echo_ok(self.port, self.called_aet), 60, "radnode C-ECHO", self.process)
-        # with several receiver processes make sure each has bound the shared port
-        wait_until(lambda: self._listeners() >= self.extra["receivers"], 30, "all radnode receivers")
+        # with several receiver processes make sure each serves the shared socket
+        wait_until(lambda: self._receivers_ready() >= self.extra["receivers"], 30, "all radnode receivers")
 
-    def _listeners(self) -> int:
-        text = Path("/proc/net/tcp").read_text()
-        return sum(1 for line in text.splitlines()[1:]
-                   if line.split()[1].endswith(f":{self.port:04X}") and line.split()[3] == "0A")
+    def _receivers_ready(self) -> int:
+        self.log.flush()
+        text = (self.workdir / "serve.log").read_text(errors="replace")
+        return text.count(f"listening on 127.0.0.1:{self.port} ")
 
     def check(self, count: int) -> None:
         spool = sum(1 for _ in (self.workdir / "data" / "spool").glob("*/*/*.dcm"))

@@ -66,7 +66,7 @@ class NodeSettings(_Strict):
     min_free_disk_mb: int = Field(
         500, ge=0, description="below this free space in data_dir, C-STORE answers 0xA700 (out of resources)"
     )
-    receivers: int = Field(1, ge=1, le=16, description="receiver processes sharing the port (SO_REUSEPORT)")
+    receivers: int = Field(1, ge=1, le=16, description="receiver processes sharing the port; new associations go to the least busy (node/listener.py)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     max_pdu_kb: int = Field(4096, ge=64, le=1048576, description="advertised Maximum Length; longer PDUs end the association")
     max_dataset_mb: int = Field(1024, ge=1, description="a larger C-STORE dataset answers 0xA701 (node/limits.py)")

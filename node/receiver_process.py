@@ -11,6 +11,7 @@ from multiprocessing.synchronize import Event as StopEvent
 from node.audit import AuditLog
 from node.config import Config
 from node.limits import DatasetLimits
+from node.listener import AssociationLoad, SharedListeners
 from node.logs import configure_logging
 from node.peers import PeerPolicy
 from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
@@ -27,8 +28,9 @@ log = logging.getLogger("radnode.receiver")
 DRAIN_SECONDS = 10.0  # on shutdown, open associations get this long to finish
 
 
-def run_receiver(config: Config, stop: StopEvent, share_port: bool) -> None:
-    """Entry point of a receiver process (multiprocessing, spawn)."""
+def run_receiver(config: Config, stop: StopEvent, listeners: SharedListeners, index: int) -> None:
+    """Entry point of receiver ``index`` (multiprocessing, spawn); it serves the sockets the
+    supervisor opened (node/listener.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     configure_logging(config.node.log_level, config.node.data_dir)
     parent = os.getppid()
@@ -49,12 +51,13 @@ def run_receiver(config: Config, stop: StopEvent, share_port: bool) -> None:
     def policy() -> PeerPolicy:
         return PeerPolicy(tuple(holder.current.peers))
 
-    servers = [start_server(ae, config.node, policy, service.handlers(), share_port)]
+    load = AssociationLoad(listeners.counts, index)
+    servers = [start_server(ae, config.node, policy, service.handlers(), listeners.dicom, load)]
     tls = config.node.tls
-    if tls is not None:  # same AE, so max_associations counts plain and TLS associations together
+    if tls is not None and listeners.tls is not None:  # same AE: max_associations counts both together
         context = server_context(tls.certificate, tls.private_key, tls.client_ca)
-        servers.append(start_server(ae, config.node, policy, service.handlers(), share_port,
-                                    port=tls.port, ssl_context=context))
+        servers.append(start_server(ae, config.node, policy, service.handlers(), listeners.tls, load,
+                                    ssl_context=context))
         log.info("DICOM TLS on %s:%d (client certificates %s)", config.node.host, tls.port,
                  "required" if tls.client_ca else "not required")
     log.info(

@@ -4,7 +4,8 @@ Built on pynetdicom with a few small, isolated choices:
 - the peer allow-list is checked when the A-ASSOCIATE-RQ arrives (EVT_REQUESTED), so an unknown
   caller gets A-ASSOCIATE-RJ "rejected-permanent / service-user / calling-AE-title-not-recognized"
   (PS3.8 9.3.4) even when only its host is wrong;
-- the listening socket may be shared by several receiver processes (SO_REUSEPORT);
+- the listening socket is opened by the supervisor and shared by the receiver processes, which
+  take new connections least busy first (node/listener.py);
 - a second server on ``[node.tls] port`` speaks DICOM TLS (PS3.15 B.1, node/tls.py); its TLS
   handshake runs on the connection's own thread with the ACSE timeout, so a silent client cannot
   block the acceptor; every accepted socket gets the network timeout, so a peer that stalls in
@@ -31,6 +32,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
 from node.limits import DatasetLimits, guard_association
+from node.listener import AssociationLoad
 from node.peers import PeerPolicy
 from node.pynetdicom_tuning import TunedRequestHandler
 
@@ -61,31 +63,62 @@ def peer_policy_handler(current_policy: Callable[[], PeerPolicy]) -> Callable[[E
 
 
 class _GuardedRequestHandler(TunedRequestHandler):
-    """Each accepted association gets the input limits of node/limits.py before it starts."""
+    """Each accepted association gets the input limits of node/limits.py before it starts, and is
+    counted in its receiver's load while it runs (node/listener.py)."""
 
     def _create_association(self):  # type: ignore[no-untyped-def]
         assoc = super()._create_association()
         guard_association(assoc, self.server.limits)
+        if self.server.load is not None:
+            _count_while_running(assoc, self.server.load)
         return assoc
 
 
-class _SharedPortServer(ThreadedAssociationServer):
-    """Association server whose socket can be shared by several processes (SO_REUSEPORT)."""
+def _count_while_running(assoc: Any, load: AssociationLoad) -> None:
+    """Count ``assoc`` in this receiver's load from now until its thread ends (pynetdicom starts it
+    right after this; the acceptor's own per-connection thread ends as soon as it has)."""
+    run = assoc.run
+    load.started()
 
-    reuse_port = False
+    def counted_run() -> None:
+        try:
+            run()
+        finally:
+            load.ended()
+
+    assoc.run = counted_run
+
+
+class _SharedPortServer(ThreadedAssociationServer):
+    """Association server on a listening socket shared by the receiver processes (node/listener.py)."""
+
+    listening_socket: socket.socket | None = None
+    load: AssociationLoad | None = None
     daemon_threads = True
     limits = DatasetLimits()
     handshake_timeout_s = 30.0
     peer_timeout_s = 60.0
 
     def server_bind(self) -> None:
-        if self.reuse_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        super().server_bind()
+        """Serve the socket the supervisor bound, when given, instead of binding a new one."""
+        if self.listening_socket is None:  # a server of its own (tests, tools)
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            super().server_bind()
+            return
+        self.socket.close()
+        self.socket = self.listening_socket
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        if self.listening_socket is None:  # the shared socket is already listening
+            super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept; wrap in TLS without handshaking here (that happens on the connection's thread)."""
+        """Accept (a shared socket is non-blocking: when another receiver was first, the
+        BlockingIOError ends this attempt quietly); wrap in TLS without handshaking here (that
+        happens on the connection's thread)."""
+        if self.load is not None:
+            self.load.yield_to_less_busy()
         client, address = self.socket.accept()
         client.settimeout(self.peer_timeout_s)
         if self.ssl_context:
@@ -128,15 +161,17 @@ def start_server(
     settings: NodeSettings,
     current_policy: Callable[[], PeerPolicy],
     handlers: list[tuple[Any, Any]],
-    share_port: bool,
+    listening_socket: socket.socket,
+    load: AssociationLoad | None = None,
     *,
-    port: int | None = None,
     ssl_context: ssl.SSLContext | None = None,
 ) -> ThreadedAssociationServer:
-    """Start listening on ``[node] host:port`` (or ``port``, with TLS when ``ssl_context`` is given)
-    in a background thread and return the server."""
+    """Serve associations on ``listening_socket`` (bound and listening, node/listener.py), with TLS
+    when ``ssl_context`` is given, in a background thread, and return the server. ``load`` is this
+    receiver's share of the association count when several receivers serve the socket."""
     server_class = type("RadnodeServer", (_SharedPortServer,), {
-        "reuse_port": share_port,
+        "listening_socket": listening_socket,
+        "load": load,
         "limits": DatasetLimits.from_megabytes(
             settings.max_pdu_kb, settings.max_dataset_mb, settings.max_element_mb, settings.max_inflated_mb
         ),
@@ -145,7 +180,7 @@ def start_server(
     })
     server = server_class(
         ae,
-        (settings.host, port or settings.port),
+        listening_socket.getsockname()[:2],
         settings.ae_title,
         ae.supported_contexts,
         ssl_context,

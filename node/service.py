@@ -1,6 +1,7 @@
 """``radnode serve``: the supervising process and its children.
 
-The supervisor migrates the database, recovers the spool, starts receiver and worker processes
+The supervisor migrates the database, recovers the spool, opens the DICOM listening socket(s)
+(node/listener.py: a port in use ends start-up with exit code 2), starts receiver and worker processes
 (spawned, so no thread or CUDA state is inherited), restarts any that die, and runs the periodic
 completion check. SIGTERM or SIGINT stops accepting, lets open associations finish and exits 0.
 """
@@ -24,6 +25,7 @@ from sqlalchemy import Engine
 from node.completion import CompletionChecker
 from node.delivery import Deliverer, address_of, echo
 from node.config import Config
+from node.listener import PortUnavailable, SharedListeners, open_listening_socket
 from node.logs import configure_logging
 from node.reload import CONFIG_FILE_ENV, ConfigHolder, install_sighup, write_pid_file
 from node.metrics import prepare_multiprocess_dir
@@ -62,6 +64,7 @@ class Supervisor:
         self._stopping = threading.Event()
         self._reconfigurable: list[CompletionChecker | Deliverer] = []
         self._engine: Engine | None = None
+        self._listeners: SharedListeners | None = None
 
     def prepare(self) -> None:
         """Schema and spool recovery, before anything listens."""
@@ -84,11 +87,23 @@ class Supervisor:
         release_leases_of_dead_processes(JobQueue(engine, self.config.workers.max_attempts),
                                          DeliveryQueue(engine, self.config.delivery.give_up_after_s))
 
+    def _open_listeners(self) -> SharedListeners:
+        """Bind the DICOM port (and the DICOM TLS port) once, for every receiver (node/listener.py)."""
+        node = self.config.node
+        dicom = open_listening_socket(node.host, node.port)
+        try:
+            tls = open_listening_socket(node.host, node.tls.port) if node.tls is not None else None
+        except PortUnavailable:
+            dicom.close()
+            raise
+        return SharedListeners(dicom, tls, self._context.Array("i", node.receivers))
+
     def _plan_children(self) -> None:
         if self.role in ("all", "receiver"):
-            share = self.config.node.receivers > 1
+            self._listeners = self._open_listeners()
             for index in range(self.config.node.receivers):
-                self._children.append(_Child(f"receiver-{index}", run_receiver, (self.config, self._stop, share)))
+                self._children.append(_Child(f"receiver-{index}", run_receiver,
+                                             (self.config, self._stop, self._listeners, index)))
             if self.config.web.enabled:
                 from node.web import run_web
 
@@ -133,7 +148,11 @@ class Supervisor:
 
     def run(self) -> int:
         self.prepare()
-        self._plan_children()
+        try:
+            self._plan_children()
+        except PortUnavailable as exc:
+            log.error("%s; is another radnode or DICOM server running there?", exc)
+            return 2
         for child in self._children:
             self._start(child)
         engine = self._engine = create_database_engine(self.config.database_url)
@@ -185,6 +204,8 @@ class Supervisor:
                     log.error("%s did not stop in 30 s; terminating it", child.name)
                     child.process.terminate()
                     child.process.join(timeout=5)
+        if self._listeners is not None:
+            self._listeners.close()
         engine.dispose()
         log.info("radnode stopped")
         return 0
