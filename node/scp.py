@@ -70,15 +70,19 @@ class _GuardedRequestHandler(TunedRequestHandler):
         assoc = super()._create_association()
         guard_association(assoc, self.server.limits)
         if self.server.load is not None:
-            _count_while_running(assoc, self.server.load)
+            _hand_count_to(assoc, self.server.load)
         return assoc
 
 
-def _count_while_running(assoc: Any, load: AssociationLoad) -> None:
-    """Count ``assoc`` in this receiver's load from now until its thread ends (pynetdicom starts it
-    right after this; the acceptor's own per-connection thread ends as soon as it has)."""
+_connection = threading.local()  # on a server's per-connection thread: whether an association took its count
+
+
+def _hand_count_to(assoc: Any, load: AssociationLoad) -> None:
+    """The connection was counted in this receiver's load when it was accepted; from now on the
+    association holds that count until its thread ends (pynetdicom starts it right after this, and
+    the server's per-connection thread ends as soon as it has)."""
     run = assoc.run
-    load.started()
+    _connection.handed_over = True
 
     def counted_run() -> None:
         try:
@@ -120,12 +124,28 @@ class _SharedPortServer(ThreadedAssociationServer):
         if self.load is not None:
             self.load.yield_to_less_busy()
         client, address = self.socket.accept()
-        client.settimeout(self.peer_timeout_s)
-        if self.ssl_context:
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        if self.load is not None:
+            self.load.started()  # at once, so that the next connection sees it, even before a thread runs
+        try:
+            client.settimeout(self.peer_timeout_s)
+            if self.ssl_context:
+                client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
+        except BaseException:
+            if self.load is not None:
+                self.load.ended()
+            raise
         return client, address
 
     def process_request_thread(self, request, client_address):  # type: ignore[no-untyped-def]
+        """Serve one connection; its count in the load passes to its association, or ends here."""
+        _connection.handed_over = False
+        try:
+            self._start_association(request, client_address)
+        finally:
+            if self.load is not None and not _connection.handed_over:
+                self.load.ended()
+
+    def _start_association(self, request, client_address):  # type: ignore[no-untyped-def]
         if isinstance(request, ssl.SSLSocket):
             try:
                 request.settimeout(self.handshake_timeout_s)

@@ -6,13 +6,17 @@ import multiprocessing
 import re
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
+from node.config import NodeSettings
 from node.listener import AssociationLoad, PortUnavailable, open_listening_socket
+from node.peers import PeerPolicy
+from node.scp import build_application_entity, start_server
 from tests.support.dcmtk import echoscu
 from tests.support.network import free_port
 from tests.support.node_process import RADNODE, RadnodeProcess, base_config
@@ -62,6 +66,36 @@ def test_serve_exits_with_code_2_and_names_the_port_when_it_is_in_use(tmp_path: 
                                 timeout=120, cwd=tmp_path)
     assert result.returncode == 2
     assert f"cannot listen for DICOM on 127.0.0.1:{port}" in result.stdout + result.stderr
+
+
+def _wait_until(predicate, what: str, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_a_receiver_counts_a_connection_from_accept_until_its_association_ends(tmp_path: Path) -> None:
+    counts = multiprocessing.get_context("spawn").Array("i", 2)
+    settings = NodeSettings(ae_title="RADNODE", host="127.0.0.1", port=free_port(), data_dir=tmp_path)
+    listening = open_listening_socket(settings.host, settings.port)
+    ae = build_application_entity(settings, receivers=2)
+    start_server(ae, settings, lambda: PeerPolicy(()), [], listening, AssociationLoad(counts, 0))
+    try:
+        with socket.create_connection(("127.0.0.1", settings.port)):  # a probe that never associates
+            _wait_until(lambda: counts[0] == 1, "the probe to be counted")
+        _wait_until(lambda: counts[0] == 0, "the closed probe to leave the count")
+        caller = AE(ae_title="HOLDER")
+        caller.add_requested_context(Verification)
+        held = caller.associate("127.0.0.1", settings.port, ae_title="RADNODE")
+        assert held.is_established
+        assert counts[0] == 1
+        held.release()
+        _wait_until(lambda: counts[0] == 0, "the released association to leave the count")
+    finally:
+        ae.shutdown()
+        listening.close()
 
 
 def _receiver_of_each_release(log: str) -> list[str]:
