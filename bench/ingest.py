@@ -96,6 +96,21 @@ def settle_disk(seconds: float = 1.0) -> None:
     os.sync()
 
 
+def other_receivers_running() -> list[str]:
+    """Command lines of radnode, Orthanc or storescp processes already running (left by an earlier
+    run or a test), which take CPU and disk from the receivers measured here."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            words = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(words).decode(errors="replace").strip()
+        if ("radnode" in text and " serve" in text) or Path(words[0].decode(errors="replace")).name in ("Orthanc", "storescp"):
+            found.append(f"pid {cmdline.parent.name}: {text[:120]}")
+    return found
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -340,6 +355,8 @@ def main() -> int:
         size_mb = sum(p.stat().st_size for p in all_files) / 1e6
         print(f"{args.images} images, {size_mb:.0f} MB; radnode receivers = {receivers_count}; "
               f"load average {os.getloadavg()[0]:.2f}", flush=True)
+        for line in other_receivers_running():
+            print(f"WARNING: another DICOM receiver is running and will skew the numbers: {line}", flush=True)
 
         run = 0
         for repeat in range(args.repeats):

@@ -114,7 +114,8 @@ class _SharedPortServer(ThreadedAssociationServer):
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
-        if self.listening_socket is None:  # the shared socket is already listening
+        """listen(), unless the socket came from the supervisor already listening."""
+        if self.listening_socket is None:
             super().server_activate()
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
