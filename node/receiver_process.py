@@ -6,10 +6,10 @@ import logging
 import os
 import signal
 import time
-from multiprocessing.synchronize import Event as StopEvent
 
 from node.audit import AuditLog
 from node.config import Config
+from node.stop_signal import StopSignal
 from node.limits import DatasetLimits
 from node.listener import AssociationLoad, SharedListeners
 from node.logs import configure_logging
@@ -28,7 +28,7 @@ log = logging.getLogger("radnode.receiver")
 DRAIN_SECONDS = 10.0  # on shutdown, open associations get this long to finish
 
 
-def run_receiver(config: Config, stop: StopEvent, listeners: SharedListeners, index: int) -> None:
+def run_receiver(config: Config, stop: StopSignal, listeners: SharedListeners, index: int) -> None:
     """Entry point of receiver ``index`` (multiprocessing, spawn); it serves the sockets the
     supervisor opened (node/listener.py)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop

@@ -27,6 +27,7 @@ from node.delivery import Deliverer, address_of, echo
 from node.config import Config
 from node.listener import PortUnavailable, SharedListeners, open_listening_socket
 from node.logs import configure_logging
+from node.stop_signal import StopSignal
 from node.reload import CONFIG_FILE_ENV, ConfigHolder, install_sighup, write_pid_file
 from node.metrics import prepare_multiprocess_dir
 from node.recovery import release_leases_of_dead_processes, recover_spool
@@ -59,7 +60,7 @@ class Supervisor:
         if config_path is not None:  # spawned children re-read it on SIGHUP (node/reload.py)
             os.environ[CONFIG_FILE_ENV] = str(config_path.resolve())
         self._context = multiprocessing.get_context("spawn")
-        self._stop = self._context.Event()
+        self._stop = StopSignal(self._context)  # not a multiprocessing.Event: see node/stop_signal.py
         self._children: list[_Child] = []
         self._stopping = threading.Event()
         self._reconfigurable: list[CompletionChecker | Deliverer] = []

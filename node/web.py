@@ -32,7 +32,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.synchronize import Event as StopEvent
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -44,6 +43,7 @@ from sqlalchemy.engine import make_url
 from node import metrics
 from node.audit import AuditLog
 from node.config import Config, WebSettings
+from node.stop_signal import StopSignal
 from storage.deliveries import DeliveryQueue, retry_failed_jobs
 from storage.status import list_deliveries, list_jobs, list_studies, queue_counts
 
@@ -388,7 +388,7 @@ def _cannot_listen(host: str, port: int) -> str | None:
     return None
 
 
-def run_web(config: Config, stop: StopEvent) -> None:
+def run_web(config: Config, stop: StopSignal) -> None:
     """Entry point of the web process (multiprocessing, spawn): uvicorn until ``stop`` is set."""
     import uvicorn
 

@@ -13,13 +13,13 @@ import signal
 import socket
 import threading
 import time
-from multiprocessing.synchronize import Event as StopEvent
 
 from pydicom.dataset import Dataset
 
 from node import metrics
 from node.audit import AuditLog
 from node.config import Config
+from node.stop_signal import StopSignal
 from node.delivery import targets_for
 from node.logs import configure_logging
 from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
@@ -164,7 +164,7 @@ class Worker:
                           **fields)
 
 
-def run_worker(config: Config, stop: StopEvent, index: int) -> None:
+def run_worker(config: Config, stop: StopSignal, index: int) -> None:
     """Entry point of a worker process (multiprocessing, spawn)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(config.node.log_level, config.node.data_dir)

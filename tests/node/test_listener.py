@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -118,5 +120,18 @@ def test_an_association_arriving_while_one_receiver_is_busy_goes_to_the_idle_rec
         releases = node.wait_for(lambda: len(found := _receiver_of_each_release(node.log())) == 2 and found,
                                  what="both associations to be released")
         assert releases[0] != releases[1], f"both associations were served by {releases[0]}"
+    finally:
+        node.stop()
+
+
+def test_a_connection_made_while_the_only_receiver_restarts_waits_for_it_and_is_served(tmp_path: Path) -> None:
+    port = free_port()
+    node = RadnodeProcess(tmp_path / "node", base_config(port, tmp_path / "node" / "data"), port).start()
+    try:
+        receiver_pid = int(re.findall(r"listening on .* \(pid (\d+),", node.log())[-1])
+        os.kill(receiver_pid, signal.SIGKILL)
+        answered = echoscu(port, timeout=60)  # the supervisor's socket keeps it in the backlog meanwhile
+        assert answered.returncode == 0, answered.stdout + answered.stderr
+        assert "receiver-0 exited with code -9; restarting" in node.log()
     finally:
         node.stop()
