@@ -175,8 +175,8 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
                         log.warning("C-STORE dataset passed %d bytes: discarding the rest of it", max_dataset)
                     data, changed = bytes(data[:1]), True  # keep the control header (last-fragment bit)
             kept.append([context_id, data])
-        if changed:
-            primitive.presentation_data_value_list = kept
+        if changed:  # pynetdicom's setter takes bytes only; the tuned path hands in memoryviews
+            primitive.presentation_data_value_list = [[context_id, bytes(data)] for context_id, data in kept]
         original(primitive)
         if dimse.message is not message:  # the message is complete
             if tally["over"]:

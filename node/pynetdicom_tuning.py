@@ -177,16 +177,20 @@ def read_exactly(raw: socket.socket, nr_bytes: int) -> bytearray:
 def split_pdv_items(body: bytes | bytearray) -> list[list[Any]]:
     """The ``[context ID, PDV data]`` pairs of a P-DATA-TF PDU body (PS3.8 9.3.5.1, Table 9-23:
     4-byte big-endian item length, 1-byte presentation context ID, then the message control
-    header and fragment). Raises ValueError when the items do not fill the body exactly."""
+    header and fragment). Raises ValueError when the items do not fill the body exactly.
+
+    Each PDV data is a memoryview of ``body``, not a copy: the DIMSE provider copies it once,
+    into the message it assembles (two copies of every fragment fewer than slicing to bytes)."""
     items: list[list[Any]] = []
     offset, end = 0, len(body)
+    view = memoryview(body)
     while offset < end:
         if offset + 6 > end:
             raise ValueError(f"PDV item header truncated at byte {offset}")
-        length = int.from_bytes(body[offset : offset + 4], "big")
+        length = int.from_bytes(view[offset : offset + 4], "big")
         if length < 2 or offset + 4 + length > end:
             raise ValueError(f"PDV item at byte {offset} declares {length} bytes")
-        items.append([body[offset + 4], bytes(body[offset + 5 : offset + 4 + length])])
+        items.append([body[offset + 4], view[offset + 5 : offset + 4 + length]])
         offset += 4 + length
     if not items:
         raise ValueError("P-DATA-TF PDU without a PDV item")
@@ -244,7 +248,7 @@ def _read_one_pdu(dul: Any) -> bool:
             dul.event_queue.put("Evt19")
             return False
         primitive = P_DATA()
-        primitive.presentation_data_value_list = items
+        primitive._presentation_data_value_list = items  # the public setter accepts bytes only, not views
         setattr(dul, _DIRECT_ATTR, True)
         try:
             dul.assoc.dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6

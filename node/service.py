@@ -145,7 +145,27 @@ class Supervisor:
                 )
                 if child.name.startswith("worker-") and self._engine is not None:
                     self._release_leases(self._engine)  # its job is taken up at once, not after lease_s
+                dead_pid = child.process.pid
                 self._start(child)
+                if child.name.startswith("receiver-") and dead_pid is not None:
+                    self._remove_partial_files_of(dead_pid)
+
+    def _remove_partial_files_of(self, dead_pid: int) -> None:
+        """A receiver killed mid-write (OOM, kill -9) leaves its temporary file; delete the files
+        named with its pid, in the background (a walk of a large spool takes a while), while the
+        other receivers go on writing theirs (storage/spool.py)."""
+        spool = Spool(self.config.node.data_dir)
+
+        def remove() -> None:
+            try:
+                removed = spool.remove_partial_files(pid=dead_pid)
+            except OSError as exc:
+                log.error("cannot remove the partial spool files of receiver pid %d: %s", dead_pid, exc)
+                return
+            if removed:
+                log.warning("removed %d partial spool file(s) left by receiver pid %d", removed, dead_pid)
+
+        threading.Thread(target=remove, name=f"partial-files-{dead_pid}", daemon=True).start()
 
     def run(self) -> int:
         self.prepare()

@@ -6,6 +6,8 @@ series counters and, when a completed series receives a new instance, reopen it 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,10 +42,10 @@ class RecordOutcome:
 
 
 class _Prepared:
-    """A Core statement compiled once for one dialect and run on the DBAPI cursor of a connection
-    SQLAlchemy has checked out and begun: per call, only the driver's execute is paid, not
-    SQLAlchemy's statement cache lookup, parameter processing and result wrapping. Only for
-    statements whose column types need no bind processing (Integer, Float, String here)."""
+    """A Core statement compiled once for one dialect and run on a DBAPI connection in a
+    transaction: per call, only the driver's execute is paid, not SQLAlchemy's statement cache
+    lookup, parameter processing and result wrapping. Only for statements whose column types need
+    no bind processing (Integer, Float, String here)."""
 
     def __init__(self, statement: Any, dialect: Any) -> None:
         compiled = statement.compile(dialect=dialect)
@@ -51,10 +53,10 @@ class _Prepared:
         self.defaults = dict(compiled.params)  # literals of the statement, e.g. state='receiving'
         self.positions = compiled.positiontup  # parameter order for positional paramstyles (SQLite)
 
-    def execute(self, conn: Connection, params: dict[str, Any]) -> Any:
-        """Run with ``params`` (by bind name) on ``conn``'s DBAPI connection; return the cursor."""
+    def execute(self, dbapi_connection: Any, params: dict[str, Any]) -> Any:
+        """Run with ``params`` (by bind name) on ``dbapi_connection``; return the cursor."""
         values = {**self.defaults, **params}
-        cursor = conn.connection.dbapi_connection.cursor()
+        cursor = dbapi_connection.cursor()
         if self.positions is not None:
             cursor.execute(self.sql, [values[name] for name in self.positions])
         else:
@@ -66,14 +68,17 @@ class InstanceIndex:
     """Writes instance rows; keeps a per-process cache of series ids to skip lookups.
 
     The statements of the per-instance path are Core statements built once with bound
-    parameters and compiled once (:class:`_Prepared`); SQLAlchemy still checks the connection out,
-    begins (BEGIN IMMEDIATE on SQLite) and commits or rolls back. Through ``Connection.execute``
-    the three statements of an instance cost about as much CPU as everything else the receiver
-    does for it, and with four associations the receivers are CPU-bound.
+    parameters and compiled once (:class:`_Prepared`). Through ``Connection.execute`` the three
+    statements of an instance cost about as much CPU as everything else the receiver does for it,
+    and with four associations the receivers are CPU-bound. Once a series is known, its instances
+    are recorded on a DBAPI connection taken from the engine's pool (pre-ping and reset on return
+    as for any checkout) in a transaction begun and ended here (:meth:`_dbapi_transaction`),
+    without SQLAlchemy's Connection, begin event and statement execution around it.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
+        self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None  # as storage/database.py
         self._series_ids: dict[str, int] = {}
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -120,35 +125,63 @@ class InstanceIndex:
 
     def record(self, item: ReceivedInstance) -> RecordOutcome:
         """Index one instance whose file is already durable in the spool."""
-        with self._engine.begin() as conn:
-            series_id = self._series_ids.get(item.series_instance_uid)
-            if series_id is None:
-                series_id = self._ensure_series(conn, item)
-                self._series_ids[item.series_instance_uid] = series_id
-            inserted_row = self._insert_instance.execute(
-                conn,
-                {
-                    "series_id": series_id,
-                    "sop_instance_uid": item.sop_instance_uid,
-                    "sop_class_uid": item.sop_class_uid,
-                    "transfer_syntax_uid": item.transfer_syntax_uid,
-                    "path": item.relative_path,
-                    "size_bytes": item.size_bytes,
-                    "received_at": item.received_at,
-                },
-            ).fetchone()
-            if inserted_row is None:
-                self._update_duplicate.execute(
-                    conn, {"uid": item.sop_instance_uid, "size": item.size_bytes, "at": item.received_at}
-                )
-                return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
-            bump = {"sid": series_id, "at": item.received_at, "ae": item.calling_ae_title, "host": item.calling_host}
-            reopened = self._bump_open_series.execute(conn, bump).rowcount == 0
-            if reopened:  # the series had completed: this late instance reopens it (generation + 1)
-                self._reopen_series.execute(conn, bump)
-            return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
+        series_id = self._series_ids.get(item.series_instance_uid)
+        if series_id is not None:
+            with self._dbapi_transaction() as dbapi_connection:
+                return self._record_instance(dbapi_connection, series_id, item)
+        with self._engine.begin() as conn:  # first instance of the series in this process
+            series_id = self._ensure_series(conn, item)
+            outcome = self._record_instance(conn.connection.dbapi_connection, series_id, item)
+        self._series_ids[item.series_instance_uid] = series_id  # only once its rows are committed
+        return outcome
 
-    def _ensure_series(self, conn, item: ReceivedInstance) -> int:  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _dbapi_transaction(self) -> Iterator[Any]:
+        """A pooled DBAPI connection in a transaction (BEGIN IMMEDIATE on SQLite, as every
+        transaction of the engine; psycopg begins on the first statement), committed when the
+        block ends, rolled back when it raises; the connection goes back to the pool either way."""
+        pooled = self._engine.raw_connection()
+        try:
+            dbapi_connection = pooled.dbapi_connection
+            if self._begin_sql is not None:
+                dbapi_connection.execute(self._begin_sql)
+            try:
+                yield dbapi_connection
+            except BaseException:
+                try:
+                    dbapi_connection.rollback()
+                except Exception:  # a broken connection: the pool must not hand it out again
+                    pooled.invalidate()
+                raise
+            dbapi_connection.commit()
+        finally:
+            pooled.close()
+
+    def _record_instance(self, dbapi_connection: Any, series_id: int, item: ReceivedInstance) -> RecordOutcome:
+        inserted_row = self._insert_instance.execute(
+            dbapi_connection,
+            {
+                "series_id": series_id,
+                "sop_instance_uid": item.sop_instance_uid,
+                "sop_class_uid": item.sop_class_uid,
+                "transfer_syntax_uid": item.transfer_syntax_uid,
+                "path": item.relative_path,
+                "size_bytes": item.size_bytes,
+                "received_at": item.received_at,
+            },
+        ).fetchone()
+        if inserted_row is None:
+            self._update_duplicate.execute(
+                dbapi_connection, {"uid": item.sop_instance_uid, "size": item.size_bytes, "at": item.received_at}
+            )
+            return RecordOutcome(series_id=series_id, is_new_instance=False, reopened=False)
+        bump = {"sid": series_id, "at": item.received_at, "ae": item.calling_ae_title, "host": item.calling_host}
+        reopened = self._bump_open_series.execute(dbapi_connection, bump).rowcount == 0
+        if reopened:  # the series had completed: this late instance reopens it (generation + 1)
+            self._reopen_series.execute(dbapi_connection, bump)
+        return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
+
+    def _ensure_series(self, conn: Connection, item: ReceivedInstance) -> int:
         conn.execute(
             self._insert(Study)
             .values(study_instance_uid=item.study_instance_uid, first_received_at=item.received_at)

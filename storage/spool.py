@@ -2,13 +2,15 @@
 
 A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
 place and its folder fsynced, so a file with the final name is always complete and durable; a
-crash leaves at most a temporary file, which ``remove_partial_files`` deletes at start-up.
+crash leaves at most a temporary file, which ``remove_partial_files`` deletes at start-up. The
+temporary name carries the writer's process id (``.<name>.<pid>-<n>.partial``), so that the files
+of one dead process can be told from those other processes are writing.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-import secrets
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,29 +46,60 @@ class Spool:
         return SpoolPath(relative=relative, absolute=self.data_dir / relative)
 
     def write(self, target: SpoolPath, data: bytes | memoryview) -> None:
-        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder)."""
-        folder = target.absolute.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        write_atomically(folder, target.absolute.name, data)
+        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder).
+        The series folder is made when it is missing (first instance, or removed by retention)."""
+        write_atomically(target.absolute.parent, target.absolute.name, data, make_folder=True)
 
     def free_bytes(self) -> int:
         """Free space on the file system that holds the spool, in bytes."""
         stats = os.statvfs(self.root)
         return stats.f_bavail * stats.f_frsize
 
-    def remove_partial_files(self) -> int:
-        """Delete temporary files left by a crash mid-write; return how many were removed."""
+    def remove_partial_files(self, pid: int | None = None) -> int:
+        """Delete temporary files left by a crash mid-write, all of them or only those process
+        ``pid`` was writing (safe while other processes write theirs); return how many."""
         removed = 0
-        for path in self.root.rglob(f"*{TEMP_SUFFIX}"):
+        pattern = f"*{TEMP_SUFFIX}" if pid is None else f"*.{pid}-*{TEMP_SUFFIX}"
+        for path in self.root.rglob(pattern):
             path.unlink(missing_ok=True)
             removed += 1
         return removed
 
 
-def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
-    """A new temporary file for ``folder/name`` (a name that does not end in .dcm), open for writing."""
-    temp = folder / f".{name}.{secrets.token_hex(4)}{TEMP_SUFFIX}"
-    return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+_temporary_numbers = itertools.count()  # next() on a count is atomic under the GIL: unique per process
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """The temporary name for ``name`` written by process ``pid`` (this one by default): hidden,
+    not ending in .dcm, unique among this process's writes."""
+    return f".{name}.{os.getpid() if pid is None else pid}-{next(_temporary_numbers)}{TEMP_SUFFIX}"
+
+
+def _create_temporary(folder: Path, name: str, make_folder: bool = False) -> tuple[Path, int]:
+    """A new temporary file for ``folder/name``, open for writing; with ``make_folder``, the
+    folder (and its parents) is made when the first attempt finds it missing."""
+    temp = folder / temporary_name(name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return temp, os.open(temp, flags, 0o640)
+    except FileNotFoundError:
+        if not make_folder:
+            raise
+    _make_folder_durably(folder)
+    return temp, os.open(temp, flags, 0o640)
+
+
+def _make_folder_durably(folder: Path) -> None:
+    """``mkdir -p folder``, then fsync the parent of every folder made: a new folder's name lives
+    in its parent, and without that flush a power cut could lose a whole new series folder."""
+    missing: list[Path] = []
+    current = folder
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for made in missing:
+        _fsync_directory(made.parent)
 
 
 def _write_fully(fd: int, data: bytes | memoryview) -> None:
@@ -75,9 +108,10 @@ def _write_fully(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_atomically(folder: Path, name: str, data: bytes | memoryview) -> None:
-    """Write ``folder/name`` so that it is either absent, the previous file, or complete."""
-    temp, fd = _create_temporary(folder, name)
+def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_folder: bool = False) -> None:
+    """Write ``folder/name`` so that it is either absent, the previous file, or complete; with
+    ``make_folder``, a missing folder is made first."""
+    temp, fd = _create_temporary(folder, name, make_folder)
     try:
         _write_fully(fd, data)
         os.fsync(fd)

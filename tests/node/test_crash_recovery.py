@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import sqlite3
 import subprocess
 import time
@@ -9,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 
+from storage.spool import temporary_name
 from tests.support.dcmtk import DCMTK_ENV, parse_acknowledged, storescu_command
 from tests.support.series import dataset_bytes, write_series
 
@@ -45,3 +49,21 @@ def test_every_acknowledged_instance_survives_kill_9_and_the_study_completes(rad
         timeout=30, what="the interrupted series to complete after restart",
     )
     assert series["instance_count"] == len(indexed)
+
+
+def test_a_receiver_killed_alone_has_its_partial_files_removed_and_no_other_process_files(radnode) -> None:  # type: ignore[no-untyped-def]
+    node = radnode()
+    receiver_pid = int(re.findall(r"listening on .* \(pid (\d+),", node.log())[-1])
+    folder = node.data_dir / "spool" / "1.2.826.0.1.1" / "1.2.826.0.1.2"
+    folder.mkdir(parents=True)
+    left_by_receiver = folder / temporary_name("1.2.826.0.1.3.dcm", pid=receiver_pid)
+    other_writer = folder / temporary_name("1.2.826.0.1.4.dcm", pid=receiver_pid + 100_000)
+    left_by_receiver.write_bytes(b"half an image")
+    other_writer.write_bytes(b"another process is writing this one")
+
+    os.kill(receiver_pid, signal.SIGKILL)
+    node.wait_for(lambda: not left_by_receiver.exists(), what="the killed receiver's partial file to be removed")
+
+    assert other_writer.exists()
+    node.wait_for(lambda: f"removed 1 partial spool file(s) left by receiver pid {receiver_pid}" in node.log(),
+                  what="the removal to be logged")

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import sqlite3
 import threading
 import time
+
+import psycopg
+import pytest
 
 from sqlalchemy import Engine, func, select
 
@@ -11,7 +16,7 @@ from storage.completion import NewJob, complete_series, find_due_series
 from storage.database import migrate
 from storage.index import InstanceIndex, ReceivedInstance
 from storage.jobs import JobQueue, LeaseLost
-from storage.models import Instance, Job
+from storage.models import Instance, Job, Series
 
 
 def _instance(sop: str, series: str = "1.2.3.2", study: str = "1.2.3.1", at: float = 1000.0) -> ReceivedInstance:
@@ -27,6 +32,18 @@ def _queue_one_job(engine: Engine, pipeline: str = "brain-extraction") -> None:
     InstanceIndex(engine).record(_instance("1.2.3.3"))
     due = find_due_series(engine, now=2000.0, grace_s=1, quiet_s=60)
     assert complete_series(engine, due[0], [NewJob(pipeline, "r", ("pacs",))], "queued", now=2000.0)
+
+
+def test_a_first_instance_that_fails_to_insert_leaves_no_series_and_the_next_one_is_indexed(engine: Engine) -> None:
+    index = InstanceIndex(engine)
+    broken = dataclasses.replace(_instance("1.2.3.3"), relative_path=None)  # type: ignore[arg-type]
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):
+        index.record(broken)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(Series)).scalar_one() == 0
+    assert index.record(_instance("1.2.3.4")).is_new_instance
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 1
 
 
 def test_migrations_are_idempotent(engine: Engine) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import shutil
+
 import pydicom
 import pytest
 
 from storage.outbox import Outbox
-from storage.spool import TEMP_SUFFIX, write_many_atomically
+from storage.spool import TEMP_SUFFIX, Spool, temporary_name, write_many_atomically
 from tests.support.series import write_series
 
 
@@ -43,3 +45,32 @@ def test_outbox_writes_a_jobs_objects_in_order_as_readable_dicom_files(tmp_path:
         assert path.absolute.stat().st_size == size
         assert pydicom.dcmread(path.absolute).SOPInstanceUID == dataset.SOPInstanceUID
     assert not list((tmp_path / "data").rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_a_write_makes_the_missing_series_folder_again_after_retention_removed_it(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "data")
+    first = spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    spool.write(first, b"first")
+    shutil.rmtree(spool.root / "1.2.3")  # what a retention purge does to a finished study
+    second = spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.6")
+    spool.write(second, b"second")
+    assert second.absolute.read_bytes() == b"second"
+    assert not list(spool.root.rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_only_the_partial_files_of_the_named_process_are_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "data")
+    folder = spool.root / "1.2.3" / "1.2.3.4"
+    folder.mkdir(parents=True)
+    dead = [folder / temporary_name("1.2.3.4.5.dcm", pid=4242), folder / temporary_name("1.2.3.4.6.dcm", pid=4242)]
+    alive = folder / temporary_name("1.2.3.4.7.dcm", pid=42420)
+    for path in (*dead, alive):
+        path.write_bytes(b"partial")
+    assert spool.remove_partial_files(pid=4242) == 2
+    assert [p for p in folder.iterdir()] == [alive]
+
+
+def test_a_temporary_name_is_hidden_unique_and_does_not_end_in_dcm() -> None:
+    names = {temporary_name("1.2.3.dcm") for _ in range(1000)}
+    assert len(names) == 1000
+    assert all(name.startswith(".") and not name.endswith(".dcm") for name in names)
