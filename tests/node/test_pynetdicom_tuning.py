@@ -192,7 +192,8 @@ def test_a_queued_primitive_signals_the_tuned_dul_which_then_resets_the_signal()
 
     near, far = socket.socketpair()
     outgoing = pynetdicom_tuning._SignallingQueue()
-    dul = SimpleNamespace(socket=SimpleNamespace(socket=near), to_provider_queue=outgoing)
+    dul = SimpleNamespace(socket=SimpleNamespace(socket=near), to_provider_queue=outgoing,
+                          state_machine=SimpleNamespace(current_state="Sta6"))
     try:
         assert select.select([outgoing.wake_fd], [], [], 0)[0] == []
         outgoing.put("C-STORE-RSP")
@@ -203,6 +204,46 @@ def test_a_queued_primitive_signals_the_tuned_dul_which_then_resets_the_signal()
     finally:
         near.close()
         far.close()
+
+
+def test_killing_a_tuned_dul_also_wakes_it_from_its_wait() -> None:
+    from types import SimpleNamespace
+
+    killed: list[bool] = []
+    dul = SimpleNamespace(kill_dul=lambda: killed.append(True), to_provider_queue=None)
+    pynetdicom_tuning._tune_dul(dul)
+    dul.kill_dul()
+    assert killed == [True]
+    assert os.eventfd_read(dul.to_provider_queue.wake_fd) == 1
+
+
+def test_an_idle_established_association_wakes_its_threads_a_few_times_a_second_not_a_thousand(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, _received, threads = tuned_scp
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage)
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    assert assoc.send_c_store(pydicom.dcmread(write_series(tmp_path / "s", 1, seed=16)[0])).Status == 0x0000
+    acceptor = threads[0]
+    dul_waits = _count_calls(monkeypatch, "_wait_for_dul_work")
+    wake = getattr(acceptor, pynetdicom_tuning._WAKE_ATTR)
+    association_waits = [0]
+    original_wait = wake.wait
+
+    def counted_wait(timeout: float | None = None) -> bool:
+        association_waits[0] += 1
+        return original_wait(timeout)
+
+    monkeypatch.setattr(wake, "wait", counted_wait)
+    time.sleep(1.0)  # idle: nothing sent either way
+    assoc.release()
+    assert assoc.is_released
+    # pynetdicom's own loops wake every 1 ms (about 1000 times in this second); the tuned ones
+    # every ESTABLISHED_POLL_S (50 ms: about 20 times)
+    assert 0 < dul_waits[0] < 100
+    assert 0 < association_waits[0] < 100
 
 
 def test_associations_do_not_leak_their_wake_descriptors(tuned_scp) -> None:  # type: ignore[no-untyped-def]
