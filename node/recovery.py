@@ -15,21 +15,23 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from pathlib import Path
 
 from node.dicom_header import UnreadableDataset, read_identity
 from node.processes import process_exists
 from storage.deliveries import DeliveryQueue
 from storage.index import InstanceIndex
 from storage.jobs import JobQueue
-from storage.spool import Spool
+from storage.spool import Spool, remove_abandoned_partial_files
 from storage.uids import InvalidUID
 
 log = logging.getLogger("radnode.recovery")
 
 
 def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
-    """Return (partial files removed, instances re-indexed)."""
-    removed = spool.remove_partial_files()
+    """Return (partial files removed, instances re-indexed). Partial files of live processes (a
+    receiver of another node sharing ``data_dir``) are left to their writers."""
+    removed = remove_abandoned_partial_files(spool.root, process_exists)
     known = index.known_instance_paths()
     reindexed = 0
     for path in sorted(spool.root.glob("*/*/*.dcm")):
@@ -47,6 +49,16 @@ def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
     if removed or reindexed:
         log.warning("spool recovery: %d partial files removed, %d instances re-indexed", removed, reindexed)
     return removed, reindexed
+
+
+def remove_abandoned_outbox_files(data_dir: Path) -> int:
+    """Delete the outbox's temporary files whose worker of this host is gone (killed while it
+    wrote a job's results; the job runs again and writes them anew). Return how many."""
+    outbox = data_dir / "outbox"
+    removed = remove_abandoned_partial_files(outbox, process_exists) if outbox.is_dir() else 0
+    if removed:
+        log.warning("outbox recovery: %d partial files removed", removed)
+    return removed
 
 
 def dead_owners(owners: set[str], host: str) -> set[str]:

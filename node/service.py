@@ -30,13 +30,13 @@ from node.logs import configure_logging
 from node.stop_signal import StopSignal
 from node.reload import CONFIG_FILE_ENV, ConfigHolder, install_sighup, write_pid_file
 from node.metrics import prepare_multiprocess_dir
-from node.recovery import release_leases_of_dead_processes, recover_spool
+from node.recovery import release_leases_of_dead_processes, recover_spool, remove_abandoned_outbox_files
 from node.receiver_process import run_receiver
 from storage.database import create_database_engine, migrate
 from storage.deliveries import DeliveryQueue
 from storage.index import InstanceIndex
 from storage.jobs import JobQueue
-from storage.spool import Spool
+from storage.spool import Spool, remove_partial_files_of
 
 log = logging.getLogger("radnode.service")
 
@@ -77,6 +77,7 @@ class Supervisor:
         if self.role in ("all", "receiver"):
             recover_spool(Spool(data_dir), InstanceIndex(engine))
         if self.role in ("all", "worker"):
+            remove_abandoned_outbox_files(data_dir)
             self._release_leases(engine)
         engine.dispose()
         if not self.config.peers:
@@ -147,23 +148,24 @@ class Supervisor:
                     self._release_leases(self._engine)  # its job is taken up at once, not after lease_s
                 dead_pid = child.process.pid
                 self._start(child)
-                if child.name.startswith("receiver-") and dead_pid is not None:
-                    self._remove_partial_files_of(dead_pid)
+                if dead_pid is not None and not child.name.startswith("web"):
+                    self._remove_partial_files_of(child.name, dead_pid)
 
-    def _remove_partial_files_of(self, dead_pid: int) -> None:
-        """A receiver killed mid-write (OOM, kill -9) leaves its temporary file; delete the files
-        named with its pid, in the background (a walk of a large spool takes a while), while the
-        other receivers go on writing theirs (storage/spool.py)."""
-        spool = Spool(self.config.node.data_dir)
+    def _remove_partial_files_of(self, name: str, dead_pid: int) -> None:
+        """A receiver or worker killed mid-write (OOM, kill -9) leaves its temporary file in the
+        spool or the outbox; delete the files named with its pid, in the background (a walk of a
+        large spool takes a while), while the other processes go on writing theirs
+        (storage/spool.py)."""
+        folder = self.config.node.data_dir / ("spool" if name.startswith("receiver-") else "outbox")
 
         def remove() -> None:
             try:
-                removed = spool.remove_partial_files(pid=dead_pid)
+                removed = remove_partial_files_of(folder, dead_pid) if folder.is_dir() else 0
             except OSError as exc:
-                log.error("cannot remove the partial spool files of receiver pid %d: %s", dead_pid, exc)
+                log.error("cannot remove the partial %s files of %s (pid %d): %s", folder.name, name, dead_pid, exc)
                 return
             if removed:
-                log.warning("removed %d partial spool file(s) left by receiver pid %d", removed, dead_pid)
+                log.warning("removed %d partial %s file(s) left by %s (pid %d)", removed, folder.name, name, dead_pid)
 
         threading.Thread(target=remove, name=f"partial-files-{dead_pid}", daemon=True).start()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from storage.spool import SpoolPath, write_many_atomically
+from storage.spool import SpoolPath, make_folder_durably, write_many_atomically
 from storage.uids import validate_uid
 
 
@@ -33,7 +33,7 @@ class Outbox:
             dataset.save_as(buffer, enforce_file_format=True)
             data = buffer.getvalue()
             folder = self.data_dir / f"outbox/{study}/{series}"
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folder_durably(folder)
             files.append((folder, f"{sop}.dcm", data))
             written.append((SpoolPath(relative=relative, absolute=self.data_dir / relative), len(data)))
         write_many_atomically(files)

@@ -2,16 +2,20 @@
 
 A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
 place and its folder fsynced, so a file with the final name is always complete and durable; a
-crash leaves at most a temporary file, which ``remove_partial_files`` deletes at start-up. The
-temporary name carries the writer's process id (``.<name>.<pid>-<n>.partial``), so that the files
-of one dead process can be told from those other processes are writing.
+crash leaves at most a temporary file. The temporary name carries the writer's host and process
+id (``.<name>.<host>-<pid>-<n>.partial``), so that the files of a dead process can be told from
+those other processes, on this host or on others sharing ``data_dir``, are still writing: at
+start-up :func:`remove_abandoned_partial_files` deletes those whose process of this host is gone,
+and the supervisor deletes a dead child's at once (:func:`remove_partial_files_of`).
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Sequence
+import re
+import socket
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +23,8 @@ from pathlib import Path
 from storage.uids import validate_uid
 
 TEMP_SUFFIX = ".partial"
+THIS_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"  # as it appears in temporary names
+_TEMPORARY_NAME = re.compile(r"\..*\.([A-Za-z0-9_]+)-(\d+)-\d+" + re.escape(TEMP_SUFFIX))
 
 
 @dataclass(frozen=True)
@@ -55,24 +61,45 @@ class Spool:
         stats = os.statvfs(self.root)
         return stats.f_bavail * stats.f_frsize
 
-    def remove_partial_files(self, pid: int | None = None) -> int:
-        """Delete temporary files left by a crash mid-write, all of them or only those process
-        ``pid`` was writing (safe while other processes write theirs); return how many."""
-        removed = 0
-        pattern = f"*{TEMP_SUFFIX}" if pid is None else f"*.{pid}-*{TEMP_SUFFIX}"
-        for path in self.root.rglob(pattern):
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+
+def temporary_file_writer(file_name: str) -> tuple[str, int] | None:
+    """The (host, pid) a temporary file's name gives its writer; None for another naming (a
+    temporary file of an older radnode)."""
+    match = _TEMPORARY_NAME.fullmatch(file_name)
+    return None if match is None else (match.group(1), int(match.group(2)))
+
+
+def remove_partial_files_of(root: Path, pid: int) -> int:
+    """Delete the temporary files under ``root`` that process ``pid`` of this host was writing
+    (it died mid-write); others' are left alone. Return how many were deleted."""
+    removed = 0
+    for path in root.rglob(f"*.{THIS_HOST}-{pid}-*{TEMP_SUFFIX}"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
+def remove_abandoned_partial_files(root: Path, process_alive: Callable[[int], bool]) -> int:
+    """Delete the temporary files under ``root`` whose writer cannot finish them: a process of
+    this host that is gone, or a writer the name does not tell. Files of live processes and of
+    other hosts sharing ``data_dir`` stay. Return how many were deleted."""
+    removed = 0
+    for path in root.rglob(f"*{TEMP_SUFFIX}"):
+        writer = temporary_file_writer(path.name)
+        if writer is not None and (writer[0] != THIS_HOST or process_alive(writer[1])):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 _temporary_numbers = itertools.count()  # next() on a count is atomic under the GIL: unique per process
 
 
-def temporary_name(name: str, pid: int | None = None) -> str:
-    """The temporary name for ``name`` written by process ``pid`` (this one by default): hidden,
-    not ending in .dcm, unique among this process's writes."""
-    return f".{name}.{os.getpid() if pid is None else pid}-{next(_temporary_numbers)}{TEMP_SUFFIX}"
+def temporary_name(name: str, pid: int | None = None, host: str = THIS_HOST) -> str:
+    """The temporary name for ``name`` written by process ``pid`` (this one by default) of
+    ``host``: hidden, not ending in .dcm, unique among this process's writes."""
+    return f".{name}.{host}-{os.getpid() if pid is None else pid}-{next(_temporary_numbers)}{TEMP_SUFFIX}"
 
 
 def _create_temporary(folder: Path, name: str, make_folder: bool = False) -> tuple[Path, int]:
@@ -85,11 +112,11 @@ def _create_temporary(folder: Path, name: str, make_folder: bool = False) -> tup
     except FileNotFoundError:
         if not make_folder:
             raise
-    _make_folder_durably(folder)
+    make_folder_durably(folder)
     return temp, os.open(temp, flags, 0o640)
 
 
-def _make_folder_durably(folder: Path) -> None:
+def make_folder_durably(folder: Path) -> None:
     """``mkdir -p folder``, then fsync the parent of every folder made: a new folder's name lives
     in its parent, and without that flush a power cut could lose a whole new series folder."""
     missing: list[Path] = []

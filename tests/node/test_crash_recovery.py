@@ -65,5 +65,42 @@ def test_a_receiver_killed_alone_has_its_partial_files_removed_and_no_other_proc
     node.wait_for(lambda: not left_by_receiver.exists(), what="the killed receiver's partial file to be removed")
 
     assert other_writer.exists()
-    node.wait_for(lambda: f"removed 1 partial spool file(s) left by receiver pid {receiver_pid}" in node.log(),
+    node.wait_for(lambda: f"removed 1 partial spool file(s) left by receiver-0 (pid {receiver_pid})" in node.log(),
+                  what="the removal to be logged")
+
+
+def test_a_start_removes_the_outbox_files_of_gone_workers_and_leaves_those_still_being_written(
+    radnode, tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    folder = tmp_path / "node" / "data" / "outbox" / "1.2.826.0.1.1" / "1.2.826.0.1.2"
+    folder.mkdir(parents=True)
+    gone_worker = subprocess.Popen(["true"])
+    gone_worker.wait()
+    abandoned = folder / temporary_name("1.2.826.0.1.3.dcm", pid=gone_worker.pid)
+    being_written = folder / temporary_name("1.2.826.0.1.4.dcm", pid=os.getpid())  # a live process
+    other_host = folder / temporary_name("1.2.826.0.1.5.dcm", pid=gone_worker.pid, host="another_node")
+    for path in (abandoned, being_written, other_host):
+        path.write_bytes(b"part of a SEG")
+
+    node = radnode()
+
+    assert not abandoned.exists()
+    assert being_written.exists() and other_host.exists()
+    assert "outbox recovery: 1 partial files removed" in node.log()
+
+
+def test_a_worker_killed_alone_has_its_partial_outbox_files_removed(radnode) -> None:  # type: ignore[no-untyped-def]
+    node = radnode(workers=1)
+    found = node.wait_for(lambda: re.findall(r"worker 0 ready \(pid (\d+),", node.log()), timeout=60,
+                          what="the worker to be ready")
+    worker_pid = int(found[-1])
+    folder = node.data_dir / "outbox" / "1.2.826.0.1.1" / "1.2.826.0.1.2"
+    folder.mkdir(parents=True)
+    left_by_worker = folder / temporary_name("1.2.826.0.1.3.dcm", pid=worker_pid)
+    left_by_worker.write_bytes(b"part of a SEG")
+
+    os.kill(worker_pid, signal.SIGKILL)
+
+    node.wait_for(lambda: not left_by_worker.exists(), what="the killed worker's partial outbox file to be removed")
+    node.wait_for(lambda: f"removed 1 partial outbox file(s) left by worker-0 (pid {worker_pid})" in node.log(),
                   what="the removal to be logged")

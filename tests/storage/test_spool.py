@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
 import shutil
 
 import pydicom
 import pytest
 
 from storage.outbox import Outbox
-from storage.spool import TEMP_SUFFIX, Spool, temporary_name, write_many_atomically
+from storage.spool import (
+    TEMP_SUFFIX,
+    THIS_HOST,
+    Spool,
+    remove_abandoned_partial_files,
+    remove_partial_files_of,
+    temporary_file_writer,
+    temporary_name,
+    write_many_atomically,
+)
 from tests.support.series import write_series
 
 
@@ -58,16 +68,40 @@ def test_a_write_makes_the_missing_series_folder_again_after_retention_removed_i
     assert not list(spool.root.rglob(f"*{TEMP_SUFFIX}"))
 
 
-def test_only_the_partial_files_of_the_named_process_are_removed(tmp_path: Path) -> None:
-    spool = Spool(tmp_path / "data")
-    folder = spool.root / "1.2.3" / "1.2.3.4"
+def _partial(folder: Path, sop: str, pid: int, host: str = THIS_HOST) -> Path:
+    path = folder / temporary_name(f"{sop}.dcm", pid=pid, host=host)
+    path.write_bytes(b"partial")
+    return path
+
+
+def test_only_the_partial_files_of_the_named_process_of_this_host_are_removed(tmp_path: Path) -> None:
+    folder = tmp_path / "spool" / "1.2.3" / "1.2.3.4"
     folder.mkdir(parents=True)
-    dead = [folder / temporary_name("1.2.3.4.5.dcm", pid=4242), folder / temporary_name("1.2.3.4.6.dcm", pid=4242)]
-    alive = folder / temporary_name("1.2.3.4.7.dcm", pid=42420)
-    for path in (*dead, alive):
-        path.write_bytes(b"partial")
-    assert spool.remove_partial_files(pid=4242) == 2
-    assert [p for p in folder.iterdir()] == [alive]
+    dead = [_partial(folder, "1.2.3.4.5", 4242), _partial(folder, "1.2.3.4.6", 4242)]
+    alive = _partial(folder, "1.2.3.4.7", 42420)
+    same_pid_elsewhere = _partial(folder, "1.2.3.4.8", 4242, host="otherhost")
+    assert remove_partial_files_of(tmp_path / "spool", 4242) == 2
+    assert not any(path.exists() for path in dead)
+    assert alive.exists() and same_pid_elsewhere.exists()
+
+
+def test_abandoned_partial_files_are_those_of_gone_processes_of_this_host_or_of_unknown_writers(tmp_path: Path) -> None:
+    folder = tmp_path / "1.2.3" / "1.2.3.4"
+    folder.mkdir(parents=True)
+    gone = _partial(folder, "1.2.3.4.5", 4242)
+    live = _partial(folder, "1.2.3.4.6", 4343)
+    other_host = _partial(folder, "1.2.3.4.7", 4242, host="otherhost")
+    older_naming = folder / ".1.2.3.4.8.dcm.0a1b2c3d.partial"
+    older_naming.write_bytes(b"partial")
+    assert remove_abandoned_partial_files(tmp_path, process_alive=lambda pid: pid == 4343) == 2
+    assert not gone.exists() and not older_naming.exists()
+    assert live.exists() and other_host.exists()
+
+
+def test_a_temporary_name_tells_its_writer() -> None:
+    assert temporary_file_writer(temporary_name("1.2.3.dcm", pid=77, host="node_a")) == ("node_a", 77)
+    assert temporary_file_writer(temporary_name("1.2.3.dcm")) == (THIS_HOST, os.getpid())
+    assert temporary_file_writer(".1.2.3.dcm.0a1b2c3d.partial") is None
 
 
 def test_a_temporary_name_is_hidden_unique_and_does_not_end_in_dcm() -> None:
