@@ -120,6 +120,7 @@ def send_files(address: Address, files: list[ResultFile], data_dir: Path, own_ae
     try:
         disable_nagle(assoc)
         pynetdicom_tuning.tune_requestor(assoc)  # responses read, requests sent without 1 ms polls
+        pynetdicom_tuning.hand_stolen_responses_back(assoc)  # a race in pynetdicom's reactor pause
         accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
         fallbacks = {f.fallback_for: f for f in files if f.fallback_for}
         primaries = [f for f in files if not f.fallback_for]

@@ -467,6 +467,35 @@ def tune_requestor(assoc: Any) -> bool:
     return True
 
 
+def hand_stolen_responses_back(assoc: Any) -> bool:
+    """Make a requestor Association's reactor thread put back a response it took by a race,
+    for the thread that waits for it, instead of dropping it.
+
+    pynetdicom's ``send_c_store`` (and every ``send_c_*``) pauses the association's reactor
+    before sending: it clears ``_reactor_checkpoint`` and waits until ``_is_paused`` is True. The
+    reactor sets ``_is_paused = True``, returns from ``_reactor_checkpoint.wait()`` and only then
+    sets it back to False and takes any message from the DIMSE queue. When the reactor thread
+    loses the GIL between those steps (under CPU load: a worker's inference), the sender sees
+    "paused", sends, the response arrives, and the reactor takes it and drops it ("Received
+    unexpected C-STORE service message"): the sender then waits for the DIMSE timeout (30 s) and
+    the delivery is retried. Seen once in tests/node/test_scale_out.py. A response, which no
+    requestor's reactor can serve, is put back on the DIMSE queue here. Needs pynetdicom 3.0.x
+    (False, and nothing changed, otherwise)."""
+    if not is_supported():
+        return False
+    original = assoc._serve_request
+    messages = assoc.dimse.msg_queue
+
+    def serve_request(message: Any, context_id: int) -> None:
+        if not message.is_valid_request and message.is_valid_response:
+            messages.put((context_id, message))  # the sending thread's get_msg(block=True) takes it
+            return
+        original(message, context_id)
+
+    assoc._serve_request = serve_request
+    return True
+
+
 class TunedRequestHandler(RequestHandler):
     """pynetdicom's request handler; each accepted association gets :func:`tune_association`."""
 

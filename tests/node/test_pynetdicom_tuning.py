@@ -294,6 +294,44 @@ def test_a_tuned_delivery_association_stores_every_object_as_sent(
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
 
 
+def test_a_response_the_requestors_reactor_takes_by_race_still_reaches_the_sender(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _threads = tuned_scp
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    files = write_series(tmp_path / "s", 3, size=64, seed=17)
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    scu.dimse_timeout = 3  # a lost response fails the store after 3 s instead of 30
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    assert pynetdicom_tuning.tune_requestor(assoc)
+    assert pynetdicom_tuning.hand_stolen_responses_back(assoc)
+    # The interleaving of the race, made certain: the reactor stalls right after it passed its
+    # pause point (as when it loses the GIL there), so the sender sees it paused and sends; the
+    # response arrives while the sender is slow to take it (waiting for the GIL), and the reactor,
+    # resuming, finds it in the queue first.
+    checkpoint, dimse, sender = assoc._reactor_checkpoint, assoc.dimse, threading.current_thread()
+    original_wait, original_get_msg = checkpoint.wait, dimse.get_msg
+
+    def wait_then_stall(timeout: float | None = None) -> bool:
+        passed = original_wait(timeout)
+        time.sleep(0.1)
+        return passed
+
+    def get_msg_slowly_in_the_sender(block: bool = False):  # type: ignore[no-untyped-def]
+        if block and threading.current_thread() is sender:
+            time.sleep(0.3)
+        return original_get_msg(block)
+
+    monkeypatch.setattr(checkpoint, "wait", wait_then_stall)
+    monkeypatch.setattr(dimse, "get_msg", get_msg_slowly_in_the_sender)
+    statuses = [getattr(assoc.send_c_store(path), "Status", None) for path in files]
+    assoc.release()
+    assert statuses == [0x0000] * len(files)
+    assert len(received) == len(files)
+
+
 def test_a_requestor_that_is_not_established_is_left_alone() -> None:
     assert pynetdicom_tuning.apply()
     scu = AE(ae_title="SCU")
