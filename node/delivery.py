@@ -159,6 +159,7 @@ def echo(address: Address, own_ae_title: str, timeout_s: float) -> None:
     assoc = ae.associate(address.host, address.port, ae_title=address.ae_title, tls_args=address.tls_args())
     if not assoc.is_established:
         raise DeliveryError(f"no association with {address.ae_title}@{address.host}:{address.port}")
+    pynetdicom_tuning.hand_stolen_responses_back(assoc)
     try:
         response = assoc.send_c_echo()
         if int(response.get("Status", -1)) != 0:

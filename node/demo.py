@@ -31,6 +31,7 @@ from pynetdicom.events import Event
 from pynetdicom.sop_class import Verification
 
 from node.overlay_png import write_overlay_png
+from node.pynetdicom_tuning import hand_stolen_responses_back
 from pipelines.nifti_series import write_nifti_as_series
 from pipelines.seg_reader import seg_mask_on_volume
 from pipelines.volume import load_series
@@ -87,6 +88,7 @@ def _send_series(port: int, files: list[Path]) -> float:
     assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
     if not assoc.is_established:
         raise DemoError(f"the node on port {port} did not accept an association")
+    hand_stolen_responses_back(assoc)  # else a rare race in pynetdicom costs a 30 s DIMSE timeout
     for path in files:
         status = assoc.send_c_store(dcmread(path))
         if int(status.get("Status", -1)) != 0:
