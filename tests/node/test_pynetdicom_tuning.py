@@ -273,17 +273,24 @@ def test_associations_do_not_leak_their_wake_descriptors(tuned_scp) -> None:  # 
     assert len(os.listdir("/proc/self/fd")) <= before
 
 
+def _tuned_delivery_association(port: int, dimse_timeout: float = 30):  # type: ignore[no-untyped-def]
+    """An established CT storage association to the tuned SCP, its DUL tuned as delivery's is."""
+    scu = AE(ae_title="SCU")
+    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    scu.dimse_timeout = dimse_timeout
+    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
+    assert assoc.is_established
+    assert pynetdicom_tuning.tune_requestor(assoc)
+    return assoc
+
+
 def test_a_tuned_delivery_association_stores_every_object_as_sent(
     tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
     port, received, _threads = tuned_scp
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     files = write_series(tmp_path / "s", 20, size=128, seed=16)
-    scu = AE(ae_title="SCU")
-    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
-    assert assoc.is_established
-    assert pynetdicom_tuning.tune_requestor(assoc)
+    assoc = _tuned_delivery_association(port)
     assert getattr(assoc.dul, pynetdicom_tuning._TUNED_DUL_ATTR) is True
     for path in files:
         assert assoc.send_c_store(path).Status == 0x0000
@@ -300,12 +307,7 @@ def test_a_response_the_requestors_reactor_takes_by_race_still_reaches_the_sende
     port, received, _threads = tuned_scp
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     files = write_series(tmp_path / "s", 3, size=64, seed=17)
-    scu = AE(ae_title="SCU")
-    scu.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    scu.dimse_timeout = 3  # a lost response fails the store after 3 s instead of 30
-    assoc = scu.associate("127.0.0.1", port, ae_title="TUNED")
-    assert assoc.is_established
-    assert pynetdicom_tuning.tune_requestor(assoc)
+    assoc = _tuned_delivery_association(port, dimse_timeout=3)  # a lost response fails in 3 s, not 30
     assert pynetdicom_tuning.hand_stolen_responses_back(assoc)
     # The interleaving of the race, made certain: the reactor stalls right after it passed its
     # pause point (as when it loses the GIL there), so the sender sees it paused and sends; the
