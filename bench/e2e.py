@@ -27,6 +27,7 @@ from pydicom import dcmread  # noqa: E402
 from pydicom.uid import generate_uid  # noqa: E402
 from pynetdicom import AE  # noqa: E402
 
+from node.pynetdicom_tuning import hand_stolen_responses_back  # noqa: E402
 from pipelines.nifti_series import write_nifti_as_series  # noqa: E402
 from storage.database import create_database_engine  # noqa: E402
 from storage.status import collect_status  # noqa: E402
@@ -42,6 +43,7 @@ def send(port: int, files: list[Path]) -> float:
     ae = AE(ae_title="BENCHSCU")
     ae.add_requested_context(dcmread(files[0], stop_before_pixels=True).SOPClassUID, "1.2.840.10008.1.2.1")
     assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
+    hand_stolen_responses_back(assoc)  # else pynetdicom's reactor race can lose a response under load
     datasets = [dcmread(p) for p in files]
     for ds in datasets:
         assoc.send_c_store(ds)

@@ -289,12 +289,15 @@ def store_latencies(port: int, called: str, files: list[Path]) -> list[float]:
     from pynetdicom import AE, _config
     from pynetdicom.sop_class import CTImageStorage as CT
 
+    from node.pynetdicom_tuning import hand_stolen_responses_back
+
     _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file, no decode/encode in the SCU
     ae = AE(ae_title=SCU_AET)
     ae.add_requested_context(CT, ExplicitVRLittleEndian)
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         raise RuntimeError("latency SCU: association not established")
+    hand_stolen_responses_back(assoc)  # else pynetdicom's reactor race can lose a response under load
     latencies = []
     try:
         for path in files:

@@ -11,6 +11,8 @@ from pydicom import dcmread
 from pynetdicom import AE, _config
 from pynetdicom.association import Association
 
+from node.pynetdicom_tuning import hand_stolen_responses_back
+
 
 @contextmanager
 def _streaming_files() -> Iterator[None]:
@@ -37,6 +39,7 @@ def association(port: int, files: list[Path], called: str = "RADNODE", calling: 
     assoc = ae.associate("127.0.0.1", port, ae_title=called)
     if not assoc.is_established:
         raise ConnectionError(f"association to port {port} was not established")
+    hand_stolen_responses_back(assoc)  # pynetdicom's reactor race would cost a test a 30 s timeout
     try:
         yield assoc
     finally:

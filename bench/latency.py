@@ -1,0 +1,147 @@
+"""C-STORE response latency while the node's own worker runs a brain-extraction job.
+
+Run by hand (not a test):  .venv/bin/python bench/latency.py [--jobs 3] [--images 600]
+
+The node runs on the shipped config.toml (one worker, ``torch_threads = 1``; only ports, data
+folder and the destination differ) and delivers to Orthanc (Debian). The MNI152 head (182 MR
+images) is sent ``--jobs`` times as new series, so that its route queues as many
+brain-extraction jobs and the worker runs them back to back: model inference, result encoding
+and their durable writes, while the supervisor delivers the finished ones. Meanwhile a
+pynetdicom SCU sends 512 x 512 CT images (which match no route) on one association, one at a
+time, and times each C-STORE from request to response. Only the stores that started and ended
+while a job was running count as "during a job". The same SCU then sends the same number of
+images to the idle node for comparison.
+
+The latency measured by bench/ingest.py beside a bare torch loop is the same kind of figure; this
+one has the whole pipeline (the worker process, its writes to the same disk, the delivery) beside
+the receiver, as the issue "Receive" asks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from pydicom import dcmread  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pynetdicom import AE, _config  # noqa: E402
+from pynetdicom.sop_class import CTImageStorage  # noqa: E402
+
+from e2e import config_text, send  # noqa: E402
+from node.pynetdicom_tuning import hand_stolen_responses_back  # noqa: E402
+from ingest import make_images  # noqa: E402
+from pipelines.nifti_series import write_nifti_as_series  # noqa: E402
+from storage.database import create_database_engine  # noqa: E402
+from storage.status import collect_status  # noqa: E402
+from tests.support.network import free_port  # noqa: E402
+from tests.support.node_process import RadnodeProcess  # noqa: E402
+from tests.support.orthanc import Orthanc  # noqa: E402
+
+SAMPLE = REPO / ".samples" / "MNI152_T1.nii.gz"
+
+
+def timed_stores(port: int, files: list[Path]) -> list[tuple[float, float]]:
+    """C-STORE each file's own bytes on one association; (start, end) wall-clock times of each."""
+    _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file: the SCU decodes and encodes nothing
+    ae = AE(ae_title="LATENCYSCU")
+    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
+    assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
+    if not assoc.is_established:
+        raise RuntimeError("the node did not accept the latency SCU's association")
+    hand_stolen_responses_back(assoc)  # else pynetdicom's reactor race loses a response under load
+    spans = []
+    try:
+        for path in files:
+            start = time.time()
+            status = assoc.send_c_store(path)
+            spans.append((start, time.time()))
+            if not status or status.Status != 0x0000:
+                raise RuntimeError(f"C-STORE of {path.name} failed: {status}")
+    finally:
+        assoc.release()
+    return spans
+
+
+def jobs_of(engine, series_uids: set[str]) -> list:  # type: ignore[no-untyped-def]
+    """The status of the jobs of ``series_uids`` (storage/status.py)."""
+    return [job for study in collect_status(engine) for series in study.series
+            if series.series_instance_uid in series_uids for job in series.jobs]
+
+
+def delivered(job) -> bool:  # type: ignore[no-untyped-def]
+    return bool(job.deliveries) and all(delivery.state == "done" for delivery in job.deliveries)
+
+
+def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def summary(label: str, latencies_s: list[float]) -> str:
+    values = np.asarray(latencies_s) * 1e3
+    return (f"{label:<34}{len(values):>7}{np.percentile(values, 50):9.2f}{np.percentile(values, 99):9.2f}"
+            f"{values.max():9.2f}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=3, help="brain-extraction jobs queued back to back")
+    parser.add_argument("--images", type=int, default=600, help="CT images the latency SCU sends")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="radnode-latency-"))
+    images = sorted(p for group in make_images(work / "ct", args.images) for p in group)
+    pacs = Orthanc(work / "orthanc").start()
+    port = free_port()
+    node = RadnodeProcess(workdir=work / "node", config_text=config_text(port, work / "node" / "data",
+                                                                          pacs.dicom_port, None), port=port).start()
+    engine = create_database_engine(f"sqlite:///{work / 'node' / 'data' / 'radnode.sqlite3'}")
+    try:
+        series_uids: set[str] = set()
+        for index in range(args.jobs):
+            files = write_nifti_as_series(SAMPLE, work / f"mr{index}", patient_name="Bench^Latency",
+                                          patient_id="BENCH", study_uid=generate_uid(),
+                                          series_description="T1 MNI152 bench")
+            series_uids.add(str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID))
+            send(port, files)
+        wait_until(lambda: any(job.started_at is not None for job in jobs_of(engine, series_uids)), 120,
+                   "the first brain-extraction job to start")
+        busy = timed_stores(port, images)
+        wait_until(lambda: len(jobs := jobs_of(engine, series_uids)) == args.jobs and all(map(delivered, jobs)),
+                   600, "every job to finish and be delivered")
+        windows = [(job.started_at, job.finished_at) for job in jobs_of(engine, series_uids)]
+        during = [end - start for start, end in busy
+                  if any(job_start <= start and end <= job_end for job_start, job_end in windows)]
+        idle = [end - start for start, end in timed_stores(port, images)]
+    finally:
+        node.stop()
+        pacs.stop()
+    origin = busy[0][0]
+    print(f"\nC-STORE response latency, one association, 512 x 512 CT, pynetdicom SCU. The SCU sent from 0 s "
+          f"to {busy[-1][1] - origin:.1f} s; the {len(windows)} brain-extraction jobs ran from "
+          f"{min(s for s, _ in windows) - origin:+.1f} s to {max(e for _, e in windows) - origin:+.1f} s.")
+    print(f"{'':<34}{'stores':>7}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    if not during:
+        print("no store started and ended while a job ran: raise --jobs or --images")
+        return 1
+    print(summary("during a brain-extraction job", during))
+    print(summary("idle node (jobs delivered)", idle))
+    print(f"p50 during a job / idle: {statistics.median(during) / statistics.median(idle):.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
