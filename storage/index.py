@@ -6,8 +6,13 @@ series counters and, when a completed series receives a new instance, reopen it 
 
 from __future__ import annotations
 
+import fcntl
+import logging
+import os
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,6 +20,8 @@ from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.models import Instance, Series, Study
+
+log = logging.getLogger("radnode.index")
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,45 @@ class _Prepared:
         return cursor
 
 
+class SqliteWriteTurns:
+    """Receivers' instance transactions on one SQLite file take turns here before BEGIN IMMEDIATE:
+    a thread lock within the process, then ``flock`` on ``path`` across processes.
+
+    SQLite's own wait for its write lock (the busy timeout) sleeps 1, 2, 5, 10 ... ms between
+    tries, so a transaction that finds the lock taken waits at least 1 ms for a holder that
+    needs about 0.1 ms. With four associations on two receivers, py-spy showed the receiving
+    threads 10-13% of their time in BEGIN IMMEDIATE. A waiter here is woken as soon as the
+    holder is done (harness, 4 storescu, 12 runs each: median 0.59 s without, 0.55 s with).
+    Other writers (completion, workers) keep SQLite's own wait; a process that dies holding the
+    flock releases it with its file descriptors."""
+
+    def __init__(self, path: str) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._lock = threading.Lock()
+        weakref.finalize(self, os.close, self._fd)
+
+    @contextmanager
+    def taken(self) -> Iterator[None]:
+        """Hold the turn for one transaction."""
+        with self._lock:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def _open_write_turns(database: str) -> SqliteWriteTurns | None:
+    """The turns of the SQLite file ``database``; None (SQLite's own wait) when the lock file
+    cannot be made, e.g. on a full disk, which must not keep a receiver from starting."""
+    try:
+        return SqliteWriteTurns(f"{database}.writers")
+    except OSError as exc:
+        log.warning("cannot open %s.writers (%s): receivers wait for SQLite's write lock by its own retries",
+                    database, exc.strerror)
+        return None
+
+
 class InstanceIndex:
     """Writes instance rows; keeps a per-process cache of series ids to skip lookups.
 
@@ -79,6 +125,8 @@ class InstanceIndex:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None  # as storage/database.py
+        database = engine.url.database if engine.dialect.name == "sqlite" else None
+        self._turns = _open_write_turns(database) if database and database != ":memory:" else None
         self._series_ids: dict[str, int] = {}
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
@@ -138,8 +186,16 @@ class InstanceIndex:
     @contextmanager
     def _dbapi_transaction(self) -> Iterator[Any]:
         """A pooled DBAPI connection in a transaction (BEGIN IMMEDIATE on SQLite, as every
-        transaction of the engine; psycopg begins on the first statement), committed when the
-        block ends, rolled back when it raises; the connection goes back to the pool either way."""
+        transaction of the engine, after taking a turn (:class:`SqliteWriteTurns`); psycopg
+        begins on the first statement), committed when the block ends, rolled back when it
+        raises; the connection goes back to the pool either way."""
+        with self._turns.taken() if self._turns is not None else nullcontext():
+            with self._pooled_transaction() as dbapi_connection:
+                yield dbapi_connection
+
+    @contextmanager
+    def _pooled_transaction(self) -> Iterator[Any]:
+        """The transaction of :meth:`_dbapi_transaction` once the turn is taken."""
         pooled = self._engine.raw_connection()
         try:
             dbapi_connection = pooled.dbapi_connection

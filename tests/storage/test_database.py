@@ -195,3 +195,22 @@ def test_failed_job_is_retried_then_marked_failed(engine: Engine) -> None:
     second = queue.claim("w", lease_s=10, now=3010.0)
     assert second is not None and queue.fail(second.id, "w", "boom again", retry_at=3020.0, now=3011.0) == "failed"
     assert queue.claim("w", lease_s=10, now=4000.0) is None
+
+
+def test_a_receivers_instance_transaction_waits_for_its_turn_on_a_sqlite_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from storage.database import create_database_engine
+    from storage.index import SqliteWriteTurns
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'radnode.sqlite3'}")
+    migrate(engine)
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3"))  # the series is known: the next instance takes the turn
+    other_process = SqliteWriteTurns(f"{tmp_path / 'radnode.sqlite3'}.writers")  # its own open file
+    recorded = threading.Event()
+    with other_process.taken():
+        writer = threading.Thread(target=lambda: (index.record(_instance("1.2.3.4")), recorded.set()))
+        writer.start()
+        assert not recorded.wait(0.5), "the transaction did not wait for the turn another process held"
+    writer.join(timeout=30)
+    assert recorded.is_set()
+    engine.dispose()
