@@ -54,8 +54,7 @@ def recover_spool(spool: Spool, index: InstanceIndex) -> tuple[int, int]:
 def remove_abandoned_outbox_files(data_dir: Path) -> int:
     """Delete the outbox's temporary files whose worker of this host is gone (killed while it
     wrote a job's results; the job runs again and writes them anew). Return how many."""
-    outbox = data_dir / "outbox"
-    removed = remove_abandoned_partial_files(outbox, process_exists) if outbox.is_dir() else 0
+    removed = remove_abandoned_partial_files(data_dir / "outbox", process_exists)
     if removed:
         log.warning("outbox recovery: %d partial files removed", removed)
     return removed

@@ -160,7 +160,7 @@ class Supervisor:
 
         def remove() -> None:
             try:
-                removed = remove_partial_files_of(folder, dead_pid) if folder.is_dir() else 0
+                removed = remove_partial_files_of(folder, dead_pid)
             except OSError as exc:
                 log.error("cannot remove the partial %s files of %s (pid %d): %s", folder.name, name, dead_pid, exc)
                 return

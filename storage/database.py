@@ -15,7 +15,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 
@@ -47,16 +47,27 @@ def is_out_of_space(exc: BaseException) -> bool:
     return False
 
 
+SQLITE_BEGIN = "BEGIN IMMEDIATE"  # how every SQLite transaction begins (see the module docstring)
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def sqlite_file(url: URL) -> str | None:
+    """The database file of a SQLite URL; None for another database or an in-memory one."""
+    if not url.drivername.startswith("sqlite") or not url.database or url.database == ":memory:":
+        return None
+    return url.database
 
 
 def create_database_engine(url: str) -> Engine:
     """Create an engine for ``url``; for SQLite, make the parent folder and set the pragmas."""
     parsed = make_url(url)
     if parsed.drivername.startswith("sqlite"):
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        database_file = sqlite_file(parsed)
+        if database_file is not None:
+            Path(database_file).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
@@ -71,7 +82,7 @@ def create_database_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin_immediate(connection) -> None:  # type: ignore[no-untyped-def]
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            connection.exec_driver_sql(SQLITE_BEGIN)
 
         return engine
     if parsed.drivername in ("postgresql", "postgres"):

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.database import SQLITE_BEGIN, is_sqlite, sqlite_file
 from storage.models import Instance, Series, Study
 
 log = logging.getLogger("radnode.index")
@@ -124,9 +125,9 @@ class InstanceIndex:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._begin_sql = "BEGIN IMMEDIATE" if engine.dialect.name == "sqlite" else None  # as storage/database.py
-        database = engine.url.database if engine.dialect.name == "sqlite" else None
-        self._turns = _open_write_turns(database) if database and database != ":memory:" else None
+        self._begin_sql = SQLITE_BEGIN if is_sqlite(engine) else None  # psycopg begins by itself
+        database_file = sqlite_file(engine.url)
+        self._turns = _open_write_turns(database_file) if database_file is not None else None
         self._series_ids: dict[str, int] = {}
         dialect = engine.dialect.name
         self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -15,7 +15,7 @@ import itertools
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,24 +70,27 @@ def temporary_file_writer(file_name: str) -> tuple[str, int] | None:
 
 
 def remove_partial_files_of(root: Path, pid: int) -> int:
-    """Delete the temporary files under ``root`` that process ``pid`` of this host was writing
-    (it died mid-write); others' are left alone. Return how many were deleted."""
-    removed = 0
-    for path in root.rglob(f"*.{THIS_HOST}-{pid}-*{TEMP_SUFFIX}"):
-        path.unlink(missing_ok=True)
-        removed += 1
-    return removed
+    """Delete the temporary files under ``root`` (none when it does not exist) that process
+    ``pid`` of this host was writing (it died mid-write); others' are left alone. Return how many
+    were deleted."""
+    return _unlink_all(root.rglob(f"*.{THIS_HOST}-{pid}-*{TEMP_SUFFIX}"))
 
 
 def remove_abandoned_partial_files(root: Path, process_alive: Callable[[int], bool]) -> int:
-    """Delete the temporary files under ``root`` whose writer cannot finish them: a process of
-    this host that is gone, or a writer the name does not tell. Files of live processes and of
-    other hosts sharing ``data_dir`` stay. Return how many were deleted."""
-    removed = 0
-    for path in root.rglob(f"*{TEMP_SUFFIX}"):
+    """Delete the temporary files under ``root`` (none when it does not exist) whose writer cannot
+    finish them: a process of this host that is gone, or a writer the name does not tell. Files
+    of live processes and of other hosts sharing ``data_dir`` stay. Return how many were deleted."""
+
+    def abandoned(path: Path) -> bool:
         writer = temporary_file_writer(path.name)
-        if writer is not None and (writer[0] != THIS_HOST or process_alive(writer[1])):
-            continue
+        return writer is None or (writer[0] == THIS_HOST and not process_alive(writer[1]))
+
+    return _unlink_all(path for path in root.rglob(f"*{TEMP_SUFFIX}") if abandoned(path))
+
+
+def _unlink_all(paths: Iterable[Path]) -> int:
+    removed = 0
+    for path in paths:
         path.unlink(missing_ok=True)
         removed += 1
     return removed
