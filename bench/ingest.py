@@ -284,8 +284,9 @@ def send_with_storescu(port: int, called: str, groups: list[list[Path]]) -> floa
     return elapsed
 
 
-def store_latencies(port: int, called: str, files: list[Path]) -> list[float]:
-    """Send ``files`` on one association with pynetdicom; seconds per send_c_store call."""
+def store_spans(port: int, called: str, files: list[Path]) -> list[tuple[float, float]]:
+    """Send ``files`` on one association with pynetdicom, one at a time; the wall-clock (start,
+    end) of each send_c_store call, i.e. from the first byte of the request to the response."""
     from pynetdicom import AE, _config
     from pynetdicom.sop_class import CTImageStorage as CT
 
@@ -298,17 +299,22 @@ def store_latencies(port: int, called: str, files: list[Path]) -> list[float]:
     if not assoc.is_established:
         raise RuntimeError("latency SCU: association not established")
     hand_stolen_responses_back(assoc)  # else pynetdicom's reactor race can lose a response under load
-    latencies = []
+    spans = []
     try:
         for path in files:
-            start = time.perf_counter()
+            start = time.time()
             status = assoc.send_c_store(path)
-            latencies.append(time.perf_counter() - start)
+            spans.append((start, time.time()))
             if not status or status.Status != 0x0000:
                 raise RuntimeError(f"latency SCU: C-STORE of {path.name} failed: {status}")
     finally:
         assoc.release()
-    return latencies
+    return spans
+
+
+def store_latencies(port: int, called: str, files: list[Path]) -> list[float]:
+    """Seconds per send_c_store call of :func:`store_spans`."""
+    return [end - start for start, end in store_spans(port, called, files)]
 
 
 CPU_HOG = """

@@ -23,23 +23,17 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from pydicom import dcmread  # noqa: E402
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid  # noqa: E402
-from pynetdicom import AE, _config  # noqa: E402
-from pynetdicom.sop_class import CTImageStorage  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
 from e2e import config_text, send  # noqa: E402
-from node.pynetdicom_tuning import hand_stolen_responses_back  # noqa: E402
-from ingest import make_images  # noqa: E402
+from ingest import make_images, percentile, store_spans, wait_until  # noqa: E402
 from pipelines.nifti_series import write_nifti_as_series  # noqa: E402
 from storage.database import create_database_engine  # noqa: E402
 from storage.status import collect_status  # noqa: E402
@@ -48,28 +42,6 @@ from tests.support.node_process import RadnodeProcess  # noqa: E402
 from tests.support.orthanc import Orthanc  # noqa: E402
 
 SAMPLE = REPO / ".samples" / "MNI152_T1.nii.gz"
-
-
-def timed_stores(port: int, files: list[Path]) -> list[tuple[float, float]]:
-    """C-STORE each file's own bytes on one association; (start, end) wall-clock times of each."""
-    _config.STORE_SEND_CHUNKED_DATASET = True  # stream the file: the SCU decodes and encodes nothing
-    ae = AE(ae_title="LATENCYSCU")
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="RADNODE")
-    if not assoc.is_established:
-        raise RuntimeError("the node did not accept the latency SCU's association")
-    hand_stolen_responses_back(assoc)  # else pynetdicom's reactor race loses a response under load
-    spans = []
-    try:
-        for path in files:
-            start = time.time()
-            status = assoc.send_c_store(path)
-            spans.append((start, time.time()))
-            if not status or status.Status != 0x0000:
-                raise RuntimeError(f"C-STORE of {path.name} failed: {status}")
-    finally:
-        assoc.release()
-    return spans
 
 
 def jobs_of(engine, series_uids: set[str]) -> list:  # type: ignore[no-untyped-def]
@@ -82,19 +54,9 @@ def delivered(job) -> bool:  # type: ignore[no-untyped-def]
     return bool(job.deliveries) and all(delivery.state == "done" for delivery in job.deliveries)
 
 
-def wait_until(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def summary(label: str, latencies_s: list[float]) -> str:
-    values = np.asarray(latencies_s) * 1e3
-    return (f"{label:<34}{len(values):>7}{np.percentile(values, 50):9.2f}{np.percentile(values, 99):9.2f}"
-            f"{values.max():9.2f}")
+    return (f"{label:<34}{len(latencies_s):>7}{percentile(latencies_s, 50) * 1e3:9.2f}"
+            f"{percentile(latencies_s, 99) * 1e3:9.2f}{max(latencies_s) * 1e3:9.2f}")
 
 
 def main() -> int:
@@ -119,13 +81,13 @@ def main() -> int:
             send(port, files)
         wait_until(lambda: any(job.started_at is not None for job in jobs_of(engine, series_uids)), 120,
                    "the first brain-extraction job to start")
-        busy = timed_stores(port, images)
+        busy = store_spans(port, "RADNODE", images)
         wait_until(lambda: len(jobs := jobs_of(engine, series_uids)) == args.jobs and all(map(delivered, jobs)),
                    600, "every job to finish and be delivered")
         windows = [(job.started_at, job.finished_at) for job in jobs_of(engine, series_uids)]
         during = [end - start for start, end in busy
                   if any(job_start <= start and end <= job_end for job_start, job_end in windows)]
-        idle = [end - start for start, end in timed_stores(port, images)]
+        idle = [end - start for start, end in store_spans(port, "RADNODE", images)]
     finally:
         node.stop()
         pacs.stop()
