@@ -53,6 +53,12 @@ acceptor associations only)
     list is Evt19 (A-ABORT), as pynetdicom's decoder failing is. When such a PDU did not complete
     a message and the next one is already arriving, that one is read at once, without a reactor
     loop (two select() calls and a queue check) in between.
+  - A C-STORE-RQ assembled that way is turned into its primitive by
+    node/cstore_request.py, which reads the few values of its command set directly, instead of
+    pynetdicom's ``message_to_primitive`` converting every element through pydicom first: the
+    same primitive, through the same validating setters, for about 0.25 ms less CPU per request
+    (receivers' task-clock for 300 images on one association: 1.04-1.11 s against 1.10-1.18 s).
+    Any other message, or a command set it does not read, keeps pynetdicom's conversion.
   - A C-STORE request completed that way is served on the DUL thread itself
     (:func:`_serve_queued_store`: pynetdicom's ``Association._serve_request``, our handler,
     the response queued for the DUL) instead of being handed to the association thread and its
@@ -97,10 +103,12 @@ import pynetdicom
 from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
 from pynetdicom import evt
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
+from node.cstore_request import store_request_primitive
 from node.cstore_response import encode_c_store_response
 
 log = logging.getLogger("radnode.receiver")
@@ -263,9 +271,12 @@ def _read_one_pdu(dul: Any) -> bool:
             return False
         primitive = P_DATA()
         primitive._presentation_data_value_list = items  # the public setter accepts bytes only, not views
+        dimse = dul.assoc.dimse
+        if dimse.message is None:  # the first PDU of a message
+            dimse.message = _message_converted_directly()
         setattr(dul, _DIRECT_ATTR, True)
         try:
-            dul.assoc.dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
+            dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
         finally:
             setattr(dul, _DIRECT_ATTR, False)
         return not _serve_queued_store(dul.assoc)
@@ -278,6 +289,21 @@ def _read_one_pdu(dul: Any) -> bool:
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
     return False
+
+
+def _message_converted_directly() -> DIMSEMessage:
+    """A DIMSE message to assemble from P-DATA, whose conversion to a primitive, once complete,
+    reads a C-STORE-RQ's command set directly (:func:`store_request_primitive`); any other
+    message keeps pynetdicom's ``message_to_primitive``."""
+    message = DIMSEMessage()
+
+    def to_primitive() -> Any:
+        del message.message_to_primitive  # used once: drop the closure's cycle back to the message
+        primitive = store_request_primitive(message)
+        return primitive if primitive is not None else type(message).message_to_primitive(message)
+
+    message.message_to_primitive = to_primitive  # type: ignore[method-assign]
+    return message
 
 
 def _serve_queued_store(assoc: Any) -> bool:

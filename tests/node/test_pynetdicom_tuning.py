@@ -398,6 +398,27 @@ def test_p_data_of_an_established_association_goes_straight_to_dimse_and_is_serv
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
 
 
+def test_c_store_requests_on_the_direct_path_are_read_from_their_command_set(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _ = tuned_scp
+    read: list[object] = []
+    original = pynetdicom_tuning.store_request_primitive
+
+    def recorded(message):  # type: ignore[no-untyped-def]
+        read.append(original(message))
+        return read[-1]
+
+    monkeypatch.setattr(pynetdicom_tuning, "store_request_primitive", recorded)
+    files = write_series(tmp_path / "s", 5, size=128, seed=19)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert len(read) == len(files) and all(primitive is not None for primitive in read)
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
 @pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_PDU_RECV, lambda event: None),
                                                   (evt.EVT_DIMSE_SENT, lambda event: None)]])
 def test_with_handlers_bound_to_pdus_and_messages_every_pdu_and_response_takes_pynetdicoms_path(
