@@ -15,6 +15,12 @@ What is measured
     ``--repeats`` times; the table shows the median. After every radnode run the script checks that
     every image is in the spool and in the database (``radnode status --json``); after the other
     receivers' runs it checks the file count (storescp) or ``/statistics`` (Orthanc).
+  * CPU per image, beside each run's time: the CPU time (user + system, from /proc) the receiver's
+    processes used during the run, and that of the storescu senders, divided by the image count.
+    It shows what each receiver costs the machine, and it varies far less than the time when the
+    VM's disk or CPU slows down for minutes at a time. Beside it, the disk cache flushes per image
+    that the data disk completed during the run (its /sys stat counter): what durability costs
+    each receiver, on a disk where each flush waits for the device.
   * C-STORE response latency at radnode while a CPU-heavy process runs (a 1-thread torch matmul
     loop, the kind of work a pipeline worker does), and without it for comparison. The latency is
     measured by a pynetdicom SCU in this script: wall time of each ``send_c_store`` call, i.e. from
@@ -33,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -149,6 +156,46 @@ def stop_process(process: subprocess.Popen, timeout: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid``, by its live descendants and by
+    the children it has reaped (their threads included): what a receiver spent, read before and
+    after a run. The clock ticks of /proc are 10 ms."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        process = int(stat.parent.name)
+        parents[process] = int(fields[1])
+        times[process] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / tick
+    tree, pending = set(), [pid]
+    while pending:
+        current = pending.pop()
+        tree.add(current)
+        pending += [child for child, parent in parents.items() if parent == current and child not in tree]
+    return sum(times.get(process, 0.0) for process in tree)
+
+
+def disk_flushes(path: Path) -> int | None:
+    """Flush requests completed so far by the block device that holds ``path`` (the 16th field of
+    its /sys stat file, kernel 5.5 and newer); None when the kernel does not tell."""
+    device = os.stat(path).st_dev
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}/stat").read_text().split()
+    except OSError:
+        return None
+    return int(fields[15]) if len(fields) > 15 else None
+
+
+def children_cpu_seconds() -> float:
+    """CPU seconds of this script's reaped children (the storescu senders, once waited for)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- receivers ------------------------------------------------------------------------------------
@@ -355,6 +402,8 @@ def main() -> int:
 
     root = Path(tempfile.mkdtemp(prefix="radnode-bench-"))
     results: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (receiver, senders) CPU seconds per run
+    flushes: dict[tuple[str, int], list[int]] = {}  # disk flush requests per run, whoever issued them
     with ExitStack() as cleanup:
         if not args.keep:
             cleanup.callback(shutil.rmtree, root, True)
@@ -382,11 +431,20 @@ def main() -> int:
                         # Flush what earlier runs left dirty (storescp writes 150 MB without fsync),
                         # else the next receiver's first fsyncs pay for writing it back.
                         settle_disk()
+                        assert receiver.process is not None
+                        cpu_before = (tree_cpu_seconds(receiver.process.pid), children_cpu_seconds())
+                        flushes_before = disk_flushes(receiver.workdir)
                         seconds = send_with_storescu(receiver.port, aet, split)
+                        cpu_used = (tree_cpu_seconds(receiver.process.pid) - cpu_before[0],
+                                    children_cpu_seconds() - cpu_before[1])
+                        flushes_after = disk_flushes(receiver.workdir)
+                        if flushes_before is not None and flushes_after is not None:
+                            flushes.setdefault((name, associations), []).append(flushes_after - flushes_before)
                         receiver.check(args.images)
                     finally:
                         receiver.stop()
                     results.setdefault((name, associations), []).append(seconds)
+                    cpu.setdefault((name, associations), []).append(cpu_used)
                     print(f"  repeat {repeat + 1}  {associations} assoc  {name:<9} {seconds:6.3f} s", flush=True)
 
         latency_rows = []
@@ -413,7 +471,7 @@ def main() -> int:
                     receiver.stop()
                 latency_rows.append((label, latencies))
 
-    print_table(results, association_counts, names, args, receivers_count, latency_rows)
+    print_table(results, cpu, flushes, association_counts, names, args, receivers_count, latency_rows)
     if args.keep:
         print(f"\nkept {root}")
     return 0
@@ -423,17 +481,25 @@ def _split(files: list[Path], parts: int) -> list[list[Path]]:
     return [files[i::parts] for i in range(parts)]
 
 
-def print_table(results, association_counts, names, args, receivers_count, latency_rows) -> None:  # type: ignore[no-untyped-def]
+def print_table(results, cpu, flushes, association_counts, names, args, receivers_count, latency_rows) -> None:  # type: ignore[no-untyped-def]
     print()
     print(f"Ingest of {args.images} x 512 KB CT images (storescu, TCP_NODELAY=1), median of {args.repeats}; "
           f"radnode receivers = {receivers_count}")
-    print(f"{'associations':<13}{'receiver':<10}{'median s':>9}{'images/s':>10}{'min s':>8}{'max s':>8}")
+    print("CPU ms/image: CPU time (user + system) per image of the receiver's processes and of the "
+          "storescu senders during the run; flushes/image: disk cache flushes the data disk completed "
+          "during the run, per image (fsync and commits of anyone on the machine); medians of the runs")
+    print(f"{'associations':<13}{'receiver':<10}{'median s':>9}{'images/s':>10}{'min s':>8}{'max s':>8}"
+          f"{'CPU ms/image':>14}{'storescu':>10}{'flushes/image':>15}")
     for associations in association_counts:
         for name in names:
             values = results[(name, associations)]
             median = statistics.median(values)
+            receiver_cpu = statistics.median(used[0] for used in cpu[(name, associations)]) * 1e3 / args.images
+            sender_cpu = statistics.median(used[1] for used in cpu[(name, associations)]) * 1e3 / args.images
+            counted = flushes.get((name, associations))
+            flush_text = f"{statistics.median(counted) / args.images:15.2f}" if counted else f"{'n/a':>15}"
             print(f"{associations:<13}{name:<10}{median:9.3f}{args.images / median:10.0f}"
-                  f"{min(values):8.3f}{max(values):8.3f}")
+                  f"{min(values):8.3f}{max(values):8.3f}{receiver_cpu:14.2f}{sender_cpu:10.2f}{flush_text}")
     if "radnode" in names:
         # The medians are the result. On a shared VM, whose disk and CPU slow down for seconds at a
         # time, the fastest runs are shown beside them (as timeit's best-of): what each receiver does
