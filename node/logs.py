@@ -29,3 +29,6 @@ def configure_logging(level: str, data_dir: Path | None) -> None:
     # pynetdicom logs dataset summaries at DEBUG/INFO that can contain patient data: keep it quiet.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # highdicom logs each module it copies into every SEG and SR at INFO: 16 lines per job, more than
+    # radnode's own. Kept for DEBUG, where they help trace a result object's attributes.
+    logging.getLogger("highdicom").setLevel(logging.DEBUG if root.level <= logging.DEBUG else logging.WARNING)
