@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.deliveries import DeliveryTarget, add_deliveries
@@ -24,11 +24,22 @@ class StoredResult:
     fallback_for: str | None = None
 
 
+_ID_LOOKUP_CHUNK = 500  # UIDs per IN (...) when reading back the row ids, well below either database's limit
+_REPLACED_ON_RERUN = ("job_id", "path", "size_bytes", "created_at", "fallback_for")
+
+
 def record_results(engine: Engine, job_id: int, owner: str, results: list[StoredResult],
                    measurements: dict[str, float], deliveries: list[DeliveryTarget], now: float,
                    timings: dict[str, float] | None = None) -> list[int] | None:
     """Upsert the result rows, queue their deliveries and mark the job succeeded, atomically;
-    None (and nothing written) if ``owner`` no longer holds the job. Returns the result row ids."""
+    None (and nothing written) if ``owner`` no longer holds the job. Returns the result row ids,
+    in the order of ``results``.
+
+    The rows go in as one statement executed for all of them, and their ids come back in one
+    query per 500: on SQLite the transaction holds the database's only write lock, and receivers
+    wait for it to index each instance they are about to acknowledge. Built and run row by row
+    (two statements each) the 158 results of a brain-extraction job held it for about 300 ms,
+    which showed as C-STORE responses of 100-200 ms while jobs finished."""
     insert_fn = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
     with engine.begin() as conn:
         held = conn.execute(
@@ -39,28 +50,32 @@ def record_results(engine: Engine, job_id: int, owner: str, results: list[Stored
         ).rowcount
         if held != 1:
             return None
-        ids: list[int] = []
-        for item in results:
-            values = dict(
-                job_id=job_id,
-                study_instance_uid=item.study_instance_uid,
-                series_instance_uid=item.series_instance_uid,
-                sop_instance_uid=item.sop_instance_uid,
-                sop_class_uid=item.sop_class_uid,
-                modality=item.modality,
-                path=item.path,
-                size_bytes=item.size_bytes,
-                created_at=now,
-                fallback_for=item.fallback_for,
-            )
-            statement = insert_fn(Result).values(**values)
+        if results:
+            statement = insert_fn(Result)
             conn.execute(
                 statement.on_conflict_do_update(
                     index_elements=["sop_instance_uid"],
-                    set_={k: statement.excluded[k]
-                          for k in ("job_id", "path", "size_bytes", "created_at", "fallback_for")},
-                )
+                    set_={column: statement.excluded[column] for column in _REPLACED_ON_RERUN},
+                ),
+                [_row(job_id, item, now) for item in results],
             )
-            ids.append(conn.execute(select(Result.id).where(Result.sop_instance_uid == item.sop_instance_uid)).scalar_one())
+        ids = _ids_by_uid(conn, [item.sop_instance_uid for item in results])
         add_deliveries(conn, job_id, deliveries, now)
-        return ids
+        return [ids[item.sop_instance_uid] for item in results]
+
+
+def _row(job_id: int, item: StoredResult, now: float) -> dict[str, object]:
+    return dict(job_id=job_id, study_instance_uid=item.study_instance_uid,
+                series_instance_uid=item.series_instance_uid, sop_instance_uid=item.sop_instance_uid,
+                sop_class_uid=item.sop_class_uid, modality=item.modality, path=item.path,
+                size_bytes=item.size_bytes, created_at=now, fallback_for=item.fallback_for)
+
+
+def _ids_by_uid(conn: Connection, uids: list[str]) -> dict[str, int]:
+    """The row id of each result SOP Instance UID (all of them are in ``results``)."""
+    ids: dict[str, int] = {}
+    for first in range(0, len(uids), _ID_LOOKUP_CHUNK):
+        chunk = uids[first : first + _ID_LOOKUP_CHUNK]
+        ids.update(conn.execute(select(Result.sop_instance_uid, Result.id)
+                                .where(Result.sop_instance_uid.in_(chunk))).all())
+    return ids
