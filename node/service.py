@@ -40,6 +40,13 @@ from storage.spool import Spool, remove_partial_files_of
 
 log = logging.getLogger("radnode.service")
 
+_TEMPORARY_FILES_FOLDER = {"receiver-": "spool", "worker-": "outbox"}  # by child name prefix; web writes none
+
+
+def _temporary_files_folder(child_name: str) -> str | None:
+    """The data_dir folder where the child process ``child_name`` writes temporary files."""
+    return next((folder for prefix, folder in _TEMPORARY_FILES_FOLDER.items() if child_name.startswith(prefix)), None)
+
 Role = Literal["all", "receiver", "worker"]
 
 
@@ -148,15 +155,15 @@ class Supervisor:
                     self._release_leases(self._engine)  # its job is taken up at once, not after lease_s
                 dead_pid = child.process.pid
                 self._start(child)
-                if dead_pid is not None and not child.name.startswith("web"):
-                    self._remove_partial_files_of(child.name, dead_pid)
+                folder = _temporary_files_folder(child.name)
+                if dead_pid is not None and folder is not None:
+                    self._remove_partial_files_of(child.name, dead_pid, self.config.node.data_dir / folder)
 
-    def _remove_partial_files_of(self, name: str, dead_pid: int) -> None:
-        """A receiver or worker killed mid-write (OOM, kill -9) leaves its temporary file in the
-        spool or the outbox; delete the files named with its pid, in the background (a walk of a
-        large spool takes a while), while the other processes go on writing theirs
-        (storage/spool.py)."""
-        folder = self.config.node.data_dir / ("spool" if name.startswith("receiver-") else "outbox")
+    def _remove_partial_files_of(self, name: str, dead_pid: int, folder: Path) -> None:
+        """A receiver or worker killed mid-write (OOM, kill -9) leaves its temporary file in
+        ``folder`` (the spool or the outbox); delete the files named with its pid, in the
+        background (a walk of a large spool takes a while), while the other processes go on
+        writing theirs (storage/spool.py)."""
 
         def remove() -> None:
             try:
