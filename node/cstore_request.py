@@ -25,8 +25,9 @@ from pynetdicom.dimse_primitives import C_STORE
 
 _ELEMENT_HEADER = struct.Struct("<HHL")  # group, element, value length
 
-# The elements of Table 9.3-1 and the C_STORE attribute each sets; None: read by pynetdicom's
-# decoder (group length, command field, data set type) and not an attribute of the primitive.
+# The elements of Table 9.3-1 by VR, each with the C_STORE attribute it sets; the last three
+# (group length, command field, data set type) are read by pynetdicom's decoder and are not
+# attributes of the primitive.
 _UNSIGNED_SHORT = {0x0110: "MessageID", 0x0700: "Priority", 0x1031: "MoveOriginatorMessageID"}
 _UNIQUE_IDENTIFIER = {0x0002: "AffectedSOPClassUID", 0x1000: "AffectedSOPInstanceUID"}
 _APPLICATION_ENTITY = {0x1030: "MoveOriginatorApplicationEntityTitle"}
