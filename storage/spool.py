@@ -2,7 +2,8 @@
 
 A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
 place and its folder fsynced, so a file with the final name is always complete and durable; a
-crash leaves at most a temporary file. The temporary name carries the writer's host and process
+crash leaves at most a temporary file. Received instances are written past the page cache
+(``O_DIRECT``, storage/direct_io.py) where the file system allows. The temporary name carries the writer's host and process
 id (``.<name>.<host>-<pid>-<n>.partial``), so that the files of a dead process can be told from
 those other processes, on this host or on others sharing ``data_dir``, are still writing: at
 start-up :func:`remove_abandoned_partial_files` deletes those whose process of this host is gone,
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from storage.direct_io import AlignedBuffers, write_all_direct
 from storage.uids import validate_uid
 
 TEMP_SUFFIX = ".partial"
@@ -42,6 +44,7 @@ class Spool:
         self.data_dir = data_dir
         self.root = data_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._buffers = AlignedBuffers()
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> SpoolPath:
         """The path of an instance; every UID is validated first, so none can become ``..``."""
@@ -52,9 +55,11 @@ class Spool:
         return SpoolPath(relative=relative, absolute=self.data_dir / relative)
 
     def write(self, target: SpoolPath, data: bytes | memoryview) -> None:
-        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder).
-        The series folder is made when it is missing (first instance, or removed by retention)."""
-        write_atomically(target.absolute.parent, target.absolute.name, data, make_folder=True)
+        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder),
+        past the page cache where the file system allows (storage/direct_io.py). The series
+        folder is made when it is missing (first instance, or removed by retention)."""
+        write_atomically(target.absolute.parent, target.absolute.name, data, make_folder=True,
+                         direct_buffers=self._buffers)
 
     def free_bytes(self) -> int:
         """Free space on the file system that holds the spool, in bytes."""
@@ -138,12 +143,17 @@ def _write_fully(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
-def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_folder: bool = False) -> None:
+def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_folder: bool = False,
+                     direct_buffers: AlignedBuffers | None = None) -> None:
     """Write ``folder/name`` so that it is either absent, the previous file, or complete; with
-    ``make_folder``, a missing folder is made first."""
+    ``make_folder``, a missing folder is made first; with ``direct_buffers``, the data bypasses
+    the page cache where the file system allows (storage/direct_io.py)."""
     temp, fd = _create_temporary(folder, name, make_folder)
     try:
-        _write_fully(fd, data)
+        if direct_buffers is None:
+            _write_fully(fd, data)
+        else:
+            write_all_direct(fd, data, direct_buffers)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

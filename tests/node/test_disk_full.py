@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from storage.direct_io import AlignedBuffers
 from storage.spool import TEMP_SUFFIX, write_atomically
 from tests.support.dcmtk import DCMTK_ENV, echoscu, parse_acknowledged, storescu_command
 from tests.support.series import dataset_bytes, write_series
@@ -57,15 +58,16 @@ def _statuses(output: str) -> Counter[str]:
     return Counter(re.findall(r"Received Store Response \(([^)]*)\)", output))
 
 
+@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
 def test_write_that_hits_enospc_mid_file_leaves_neither_a_partial_file_nor_a_changed_one(
-    small_filesystem, tmp_path: Path  # type: ignore[no-untyped-def]
+    small_filesystem, tmp_path: Path, direct: bool  # type: ignore[no-untyped-def]
 ) -> None:
     folder = small_filesystem(tmp_path / "disk", 1)
     write_atomically(folder, "kept.dcm", b"first version")
     too_big = b"\x00" * (2 * MB)  # the first write(2) fills the disk, the next one gets ENOSPC
 
     with pytest.raises(OSError) as raised:
-        write_atomically(folder, "kept.dcm", too_big)
+        write_atomically(folder, "kept.dcm", too_big, direct_buffers=AlignedBuffers() if direct else None)
 
     assert raised.value.errno == errno.ENOSPC
     assert sorted(p.name for p in folder.iterdir()) == ["kept.dcm"]

@@ -21,6 +21,7 @@ from storage.spool import (
     temporary_name,
     write_many_atomically,
 )
+from tests.support.page_cache import file_system_type, resident_bytes
 from tests.support.series import write_series
 
 
@@ -66,6 +67,17 @@ def test_a_write_makes_the_missing_series_folder_again_after_retention_removed_i
     spool.write(second, b"second")
     assert second.absolute.read_bytes() == b"second"
     assert not list(spool.root.rglob(f"*{TEMP_SUFFIX}"))
+
+
+def test_an_instance_is_written_past_the_page_cache(tmp_path: Path) -> None:
+    if file_system_type(tmp_path) == "tmpfs":
+        pytest.skip("tmp_path is on tmpfs, whose files live in the page cache: nothing to bypass")
+    spool = Spool(tmp_path / "data")
+    target = spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    data = os.urandom(512 * 1024 + 300)  # a 512 x 512 CT slice with its header
+    spool.write(target, data)
+    assert resident_bytes(target.absolute) <= 4096  # at most the partial last block (storage/direct_io.py)
+    assert target.absolute.read_bytes() == data
 
 
 def _partial(folder: Path, sop: str, pid: int, host: str = THIS_HOST) -> Path:
