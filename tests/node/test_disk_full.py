@@ -26,24 +26,43 @@ MB = 2**20
 
 
 @pytest.fixture
-def small_filesystem() -> Iterator[Callable[[Path, int], Path]]:
-    """Mount a tmpfs of a given size (MB) on a folder; every mount is undone after the test."""
+def small_filesystem() -> Iterator[Callable[..., Path]]:
+    """Mount a file system of a given size (MB) on a folder: a tmpfs, or ``kind="ext4"``, an ext4
+    on a loop device, where O_DIRECT writes reach a block device (storage/direct_io.py). Every
+    mount is undone after the test."""
     mounted: list[Path] = []
 
-    def _mount(folder: Path, size_mb: int) -> Path:
+    def _mount(folder: Path, size_mb: int, kind: str = "tmpfs") -> Path:
         folder.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(folder)],
-                                capture_output=True, text=True)
+        if kind == "tmpfs":
+            command = ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0755", "tmpfs", str(folder)]
+        else:
+            image = folder.with_name(f"{folder.name}.ext4")
+            with open(image, "wb") as handle:
+                handle.truncate(size_mb * MB)
+            # 4 KB blocks as on a real disk; no blocks reserved for root, who runs the node here
+            subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", str(image)], check=True,
+                           capture_output=True)
+            command = ["mount", "-o", "loop", str(image), str(folder)]
+        result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
-            pytest.skip(f"mounting a tmpfs is not permitted here ({result.stderr.strip()}); "
+            pytest.skip(f"mounting a {kind} is not permitted here ({result.stderr.strip()}); "
                         f"this test needs root or CAP_SYS_ADMIN")
         mounted.append(folder)
+        if kind != "tmpfs":
+            (folder / "lost+found").rmdir()  # the tests list what the disk holds
+            folder.chmod(0o755)
         return folder
 
     yield _mount
     for folder in reversed(mounted):
         if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(folder)], check=True)  # a process still held it
+
+
+def _free_bytes(folder: Path) -> int:
+    stats = os.statvfs(folder)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _fill(path: Path, size: int) -> None:
@@ -58,13 +77,14 @@ def _statuses(output: str) -> Counter[str]:
     return Counter(re.findall(r"Received Store Response \(([^)]*)\)", output))
 
 
-@pytest.mark.parametrize("direct", [False, True], ids=["buffered", "direct"])
+@pytest.mark.parametrize(("kind", "direct"), [("tmpfs", False), ("tmpfs", True), ("ext4", True)],
+                         ids=["tmpfs-buffered", "tmpfs-direct", "ext4-direct"])
 def test_write_that_hits_enospc_mid_file_leaves_neither_a_partial_file_nor_a_changed_one(
-    small_filesystem, tmp_path: Path, direct: bool  # type: ignore[no-untyped-def]
+    small_filesystem, tmp_path: Path, kind: str, direct: bool  # type: ignore[no-untyped-def]
 ) -> None:
-    folder = small_filesystem(tmp_path / "disk", 1)
+    folder = small_filesystem(tmp_path / "disk", 1 if kind == "tmpfs" else 8, kind)
     write_atomically(folder, "kept.dcm", b"first version")
-    too_big = b"\x00" * (2 * MB)  # the first write(2) fills the disk, the next one gets ENOSPC
+    too_big = b"\x00" * (_free_bytes(folder) + 2 * MB)  # fills the disk part way through
 
     with pytest.raises(OSError) as raised:
         write_atomically(folder, "kept.dcm", too_big, direct_buffers=AlignedBuffers() if direct else None)
@@ -75,12 +95,13 @@ def test_write_that_hits_enospc_mid_file_leaves_neither_a_partial_file_nor_a_cha
     assert not list(folder.glob(f"*{TEMP_SUFFIX}"))
 
 
+@pytest.mark.parametrize("kind", ["tmpfs", "ext4"])
 def test_full_disk_refuses_with_out_of_resources_and_a_retry_stores_the_rest_once_space_is_freed(
-    small_filesystem, radnode, tmp_path: Path  # type: ignore[no-untyped-def]
+    small_filesystem, radnode, tmp_path: Path, kind: str  # type: ignore[no-untyped-def]
 ) -> None:
-    data_dir = small_filesystem(tmp_path / "node" / "data", 12)
+    data_dir = small_filesystem(tmp_path / "node" / "data", 12 if kind == "tmpfs" else 24, kind)
     filler = data_dir / "other-data.bin"
-    _fill(filler, 7 * MB)  # leaves ~4 MB for the node, the studies need ~7 MB
+    _fill(filler, _free_bytes(data_dir) - 4 * MB)  # leaves ~4 MB for the node, the studies need ~7 MB
     node = radnode("node", min_free_disk_mb=1)
     assert node.data_dir == data_dir
     studies = []
@@ -96,7 +117,7 @@ def test_full_disk_refuses_with_out_of_resources_and_a_retry_stores_the_rest_onc
     outputs = [sender.communicate(timeout=120)[0] for sender in senders]
     acknowledged = {path for output in outputs for path in parse_acknowledged(output)}
     statuses = sum((_statuses(output) for output in outputs), Counter())
-    print(f"while full: {dict(statuses)}; free {os.statvfs(data_dir).f_bavail * os.statvfs(data_dir).f_frsize} B")
+    print(f"while full: {dict(statuses)}; free {_free_bytes(data_dir)} B")
 
     assert statuses["Refused: OutOfResources"] > 0 and set(statuses) == {"Success", "Refused: OutOfResources"}
     assert node.spool_leftovers() == []
