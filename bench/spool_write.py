@@ -55,7 +55,8 @@ def main() -> int:
     try:
         for round_number in range(args.rounds):
             for name, buffers in ways.items():
-                wall, cpu = write_files(work / f"{round_number}-{name.replace(' ', '_')}", payloads, args.files, buffers)
+                folder = work / f"{round_number}-{name.replace(' ', '_')}"
+                wall, cpu = write_files(folder, payloads, args.files, buffers)
                 results[name].append((wall, cpu))
                 print(f"  round {round_number + 1}  {name:<10}  {wall * 1e3:6.2f} ms wall  {cpu * 1e3:6.2f} ms CPU",
                       flush=True)

@@ -4,8 +4,8 @@ Why
   A received instance is written once, fsynced at once, and read again only when its series is
   processed. A buffered ``write(2)`` copies it into page-cache pages that ``fsync(2)`` then writes
   out: two passes over the data. On this project's VMs (Firecracker, virtio-balloon) the copy into
-  page-cache pages not used lately costs about 1 ms per 512 KB (``perf``: 23% of all samples of a
-  four-association ingest in ``copy_folio_from_iter_atomic``), ten times the copy into pages just
+  page-cache pages not used lately costs about 1 ms per 512 KB (``perf``: 23% of all CPU samples of
+  a four-association ingest in ``copy_folio_from_iter_atomic``), ten times the copy into pages just
   freed; most likely the host backing the guest's free memory again on first touch.
   ``bench/spool_write.py`` there (300 files of 513 KB per round, each written as the spool writes
   an instance: temporary name, write, fsync, rename, fsync of the folder), medians of three

@@ -3,8 +3,10 @@
 A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
 place and its folder fsynced, so a file with the final name is always complete and durable; a
 crash leaves at most a temporary file. Received instances are written past the page cache
-(``O_DIRECT``, storage/direct_io.py) where the file system allows. The temporary name carries the writer's host and process
-id (``.<name>.<host>-<pid>-<n>.partial``), so that the files of a dead process can be told from
+(``O_DIRECT``, storage/direct_io.py) where the file system allows.
+
+The temporary name carries the writer's host and process id
+(``.<name>.<host>-<pid>-<n>.partial``), so that the files of a dead process can be told from
 those other processes, on this host or on others sharing ``data_dir``, are still writing: at
 start-up :func:`remove_abandoned_partial_files` deletes those whose process of this host is gone,
 and the supervisor deletes a dead child's at once (:func:`remove_partial_files_of`).
