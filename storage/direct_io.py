@@ -73,8 +73,14 @@ def write_all_direct(fd: int, data: bytes | memoryview, buffers: AlignedBuffers)
     view = memoryview(data).cast("B")
     whole_blocks = len(view) - len(view) % BLOCK
     offset = _write_whole_blocks_direct(fd, view, whole_blocks, buffers) if whole_blocks else 0
-    while offset < len(view):
-        offset += os.write(fd, view[offset:])
+    write_fully(fd, view[offset:])
+
+
+def write_fully(fd: int, data: bytes | memoryview) -> None:
+    """``write(2)`` until all of ``data`` is written (a write may take only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def _write_whole_blocks_direct(fd: int, view: memoryview, whole_blocks: int, buffers: AlignedBuffers) -> int:

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from storage.direct_io import AlignedBuffers, write_all_direct
+from storage.direct_io import AlignedBuffers, write_all_direct, write_fully
 from storage.uids import validate_uid
 
 TEMP_SUFFIX = ".partial"
@@ -139,12 +139,6 @@ def make_folder_durably(folder: Path) -> None:
         _fsync_directory(made.parent)
 
 
-def _write_fully(fd: int, data: bytes | memoryview) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
 def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_folder: bool = False,
                      direct_buffers: AlignedBuffers | None = None) -> None:
     """Write ``folder/name`` so that it is either absent, the previous file, or complete; with
@@ -153,7 +147,7 @@ def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_fol
     temp, fd = _create_temporary(folder, name, make_folder)
     try:
         if direct_buffers is None:
-            _write_fully(fd, data)
+            write_fully(fd, data)
         else:
             write_all_direct(fd, data, direct_buffers)
         os.fsync(fd)
@@ -190,7 +184,7 @@ def write_many_atomically(files: Sequence[tuple[Path, str, bytes]]) -> None:
             temp, fd = _create_temporary(folder, name)
             temps.append((temp, folder / name))
             try:
-                _write_fully(fd, data)
+                write_fully(fd, data)
             finally:
                 os.close(fd)
 

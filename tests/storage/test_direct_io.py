@@ -14,7 +14,7 @@ import pytest
 
 from storage import direct_io
 from storage.direct_io import BLOCK, CHUNK_BYTES, AlignedBuffers, write_all_direct
-from tests.support.page_cache import file_system_type, resident_bytes
+from tests.support.page_cache import resident_bytes, skip_where_files_live_in_the_page_cache
 
 
 def _payload(size: int) -> bytes:
@@ -41,8 +41,7 @@ def test_the_file_holds_exactly_the_bytes_given_whatever_their_alignment(tmp_pat
 
 
 def test_the_whole_blocks_do_not_stay_in_the_page_cache_where_a_buffered_write_leaves_them(tmp_path: Path) -> None:
-    if file_system_type(tmp_path) == "tmpfs":
-        pytest.skip("tmp_path is on tmpfs, whose files live in the page cache: nothing to bypass")
+    skip_where_files_live_in_the_page_cache(tmp_path)
     data = _payload(2 * CHUNK_BYTES + 100)
     with _open_new(tmp_path / "buffered") as fd:
         os.write(fd, data)

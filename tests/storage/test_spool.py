@@ -21,7 +21,7 @@ from storage.spool import (
     temporary_name,
     write_many_atomically,
 )
-from tests.support.page_cache import file_system_type, resident_bytes
+from tests.support.page_cache import resident_bytes, skip_where_files_live_in_the_page_cache
 from tests.support.series import write_series
 
 
@@ -70,8 +70,7 @@ def test_a_write_makes_the_missing_series_folder_again_after_retention_removed_i
 
 
 def test_an_instance_is_written_past_the_page_cache(tmp_path: Path) -> None:
-    if file_system_type(tmp_path) == "tmpfs":
-        pytest.skip("tmp_path is on tmpfs, whose files live in the page cache: nothing to bypass")
+    skip_where_files_live_in_the_page_cache(tmp_path)
     spool = Spool(tmp_path / "data")
     target = spool.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5")
     data = os.urandom(512 * 1024 + 300)  # a 512 x 512 CT slice with its header
