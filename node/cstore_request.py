@@ -18,6 +18,7 @@ it returns None and the caller keeps pynetdicom's path.
 from __future__ import annotations
 
 import struct
+from io import BytesIO
 from typing import Any
 
 from pynetdicom.dimse_messages import C_STORE_RQ
@@ -80,7 +81,10 @@ def store_request_primitive(message: Any) -> C_STORE | None:
     primitive = C_STORE()
     for name, value in values.items():
         setattr(primitive, name, value)
-    primitive.DataSet = message.data_set
+    if isinstance(message.data_set, BytesIO):
+        primitive.DataSet = message.data_set
+    else:  # a ReceivedFileBuffer (node/received_file.py); the setter would take a BytesIO only
+        primitive._dataset = message.data_set
     primitive._context_id = message.context_id
     primitive._dataset_path = message._data_set_path
     primitive._dataset_file = message._data_set_file

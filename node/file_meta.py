@@ -50,8 +50,12 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
     return group_length + elements
 
 
+def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str) -> bytes:
+    """Preamble, "DICM" and File Meta Information: what precedes the dataset in the file."""
+    return PREAMBLE_AND_PREFIX + encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid)
+
+
 def encode_file(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str,
                 dataset: bytes | memoryview) -> bytes:
     """Preamble, "DICM", File Meta Information and the dataset as received, in one buffer."""
-    return b"".join((PREAMBLE_AND_PREFIX, encode_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax_uid),
-                     dataset))
+    return b"".join((file_header(sop_class_uid, sop_instance_uid, transfer_syntax_uid), dataset))

@@ -171,6 +171,9 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
                 if tally["dataset"] > max_dataset:
                     if not tally["over"]:
                         tally["over"] = True
+                        release = getattr(message.data_set, "release", None)  # node/received_file.py
+                        if release is not None:
+                            release()
                         message.data_set = BytesIO()  # free what was buffered
                         log.warning("C-STORE dataset passed %d bytes: discarding the rest of it", max_dataset)
                     data, changed = bytes(data[:1]), True  # keep the control header (last-fragment bit)

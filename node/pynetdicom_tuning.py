@@ -69,6 +69,10 @@ acceptor associations only)
     and queued for the DUL as one P-DATA like pynetdicom's ``DIMSEServiceProvider.send_msg``
     does; other messages, and every message when a handler is bound to ``EVT_DIMSE_SENT``, keep
     pynetdicom's path.
+  - With a :class:`FileBufferPool` (the receiver gives its servers one), the dataset of a message
+    assembled that way goes into a page-aligned buffer behind its file header
+    (node/received_file.py) instead of a ``BytesIO``, so that the handler checks and writes it
+    without copying it again.
   None of these changes adds wake-ups, and an idle established association wakes 20 times a
   second instead of 2000. The eventfd is
   closed when the association's queue is garbage-collected (nothing can write to it or wait on it
@@ -96,6 +100,7 @@ import socket
 import threading
 import time as _time
 import weakref
+from io import BytesIO
 from types import ModuleType
 from typing import Any
 
@@ -108,8 +113,10 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
-from node.cstore_request import store_request_primitive
+from node.cstore_request import command_values, store_request_primitive
 from node.cstore_response import encode_c_store_response
+from node.file_meta import file_header
+from node.received_file import FileBufferPool, ReceivedFileBuffer
 
 log = logging.getLogger("radnode.receiver")
 
@@ -121,6 +128,7 @@ SUPPORTED_VERSIONS = ("3.0.",)
 _WAKE_ATTR = "_radnode_wake"  # on a tuned Association thread: its threading.Event
 _TUNED_DUL_ATTR = "_radnode_tuned"  # on a tuned DULServiceProvider thread: True
 _DIRECT_ATTR = "_radnode_direct"  # on a tuned DUL thread: True while it hands a P-DATA to DIMSE itself
+_FILE_BUFFERS_ATTR = "_radnode_file_buffers"  # on a tuned Association: its FileBufferPool, if any
 
 
 class _WakingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -273,7 +281,7 @@ def _read_one_pdu(dul: Any) -> bool:
         primitive._presentation_data_value_list = items  # the public setter accepts bytes only, not views
         dimse = dul.assoc.dimse
         if dimse.message is None:  # the first PDU of a message
-            dimse.message = _message_converted_directly()
+            dimse.message = _message_converted_directly(dul.assoc)
         setattr(dul, _DIRECT_ATTR, True)
         try:
             dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
@@ -291,19 +299,44 @@ def _read_one_pdu(dul: Any) -> bool:
     return False
 
 
-def _message_converted_directly() -> DIMSEMessage:
+def _message_converted_directly(assoc: Any) -> DIMSEMessage:
     """A DIMSE message to assemble from P-DATA, whose conversion to a primitive, once complete,
     reads a C-STORE-RQ's command set directly (:func:`store_request_primitive`); any other
-    message keeps pynetdicom's ``message_to_primitive``."""
+    message keeps pynetdicom's ``message_to_primitive``. When the association was given a
+    :class:`FileBufferPool`, its dataset is assembled behind its file header in a page-aligned
+    buffer (node/received_file.py) instead of a ``BytesIO``."""
     message = DIMSEMessage()
+    pool: FileBufferPool | None = getattr(assoc, _FILE_BUFFERS_ATTR, None)
+    if pool is not None:
+        message.data_set = ReceivedFileBuffer(pool, lambda: _file_header_of(message, assoc))  # type: ignore[assignment]
 
     def to_primitive() -> Any:
         del message.message_to_primitive  # used once: drop the closure's cycle back to the message
         primitive = store_request_primitive(message)
-        return primitive if primitive is not None else type(message).message_to_primitive(message)
+        if primitive is not None:
+            return primitive
+        if isinstance(message.data_set, ReceivedFileBuffer):  # pynetdicom's primitives take a BytesIO only
+            assembled = message.data_set
+            message.data_set = BytesIO(assembled.getvalue())
+            assembled.release()
+        return type(message).message_to_primitive(message)
 
     message.message_to_primitive = to_primitive  # type: ignore[method-assign]
     return message
+
+
+def _file_header_of(message: Any, assoc: Any) -> bytes | None:
+    """The file header (node/file_meta.py) of the C-STORE-RQ ``message`` whose command set is
+    complete: its SOP Class and Instance UIDs, read from the encoded command set as
+    node/cstore_request.py reads them, and its presentation context's transfer syntax; None when
+    the message lacks any of them or its command set is not one that module reads."""
+    context = assoc._accepted_cx.get(getattr(message, "context_id", None))
+    if context is None or not context.transfer_syntax:
+        return None
+    values = command_values(message.encoded_command_set.getbuffer())
+    if values is None or not values.get("AffectedSOPClassUID") or not values.get("AffectedSOPInstanceUID"):
+        return None
+    return file_header(values["AffectedSOPClassUID"], values["AffectedSOPInstanceUID"], str(context.transfer_syntax[0]))
 
 
 def _serve_queued_store(assoc: Any) -> bool:
@@ -409,8 +442,11 @@ def is_applied() -> bool:
     return _applied and isinstance(_dul_module.time, _TimeProxy) and isinstance(_association_module.time, _TimeProxy)
 
 
-def tune_association(assoc: Any) -> None:
-    """Mark an acceptor Association (not yet started) and its DUL for event-driven waits."""
+def tune_association(assoc: Any, file_buffers: FileBufferPool | None = None) -> None:
+    """Mark an acceptor Association (not yet started) and its DUL for event-driven waits; with
+    ``file_buffers``, its C-STORE datasets are assembled in them (node/received_file.py)."""
+    if file_buffers is not None:
+        setattr(assoc, _FILE_BUFFERS_ATTR, file_buffers)
     wake = threading.Event()
     # Nothing has been queued yet: the association thread has not started.
     assoc.dimse.msg_queue = _WakingQueue(wake)
@@ -523,10 +559,11 @@ def hand_stolen_responses_back(assoc: Any) -> bool:
 
 
 class TunedRequestHandler(RequestHandler):
-    """pynetdicom's request handler; each accepted association gets :func:`tune_association`."""
+    """pynetdicom's request handler; each accepted association gets :func:`tune_association`,
+    with the server's ``file_buffers`` (a :class:`FileBufferPool`) when it has them."""
 
     def _create_association(self):  # type: ignore[no-untyped-def]
         assoc = super()._create_association()
         if _applied:
-            tune_association(assoc)
+            tune_association(assoc, getattr(self.server, "file_buffers", None))
         return assoc

@@ -24,8 +24,9 @@ from pynetdicom.events import Event
 from node import metrics
 from node.audit import AuditLog
 from node.dicom_header import IDENTITY_TAGS, InstanceIdentity, identity_from_checked
-from node.file_meta import encode_file
+from node.file_meta import file_header
 from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
+from node.received_file import ReceivedFileBuffer
 from storage.database import is_out_of_space
 from storage.index import InstanceIndex, RecordOutcome
 from storage.spool import Spool
@@ -51,12 +52,28 @@ class _AssociationTally:
     series_ids: set[int] = field(default_factory=set)
 
 
-def received_file(event: Event) -> bytes:
-    """The C-STORE dataset as received, in the DICOM File Format (node/file_meta.py)."""
+def received_file(event: Event) -> bytes | memoryview:
+    """The C-STORE dataset as received, in the DICOM File Format (node/file_meta.py): a view of the
+    page-aligned buffer it was assembled in, behind this same header (node/received_file.py), or
+    else header and dataset joined into a new ``bytes``."""
     request = event.request
-    with request.DataSet.getbuffer() as dataset:
-        return encode_file(str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
-                           str(event.context.transfer_syntax), dataset)
+    header = file_header(str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+                         str(event.context.transfer_syntax))
+    dataset = request.DataSet
+    if isinstance(dataset, ReceivedFileBuffer):
+        whole_file = dataset.file_view(header)
+        if whole_file is not None:
+            return whole_file
+    with dataset.getbuffer() as encoded:
+        return b"".join((header, encoded))
+
+
+def release_received_dataset(event: Event) -> None:
+    """Hand a C-STORE's assembly buffer (node/received_file.py) back for the next image, once the
+    handler is done with it."""
+    dataset = event.request.DataSet
+    if isinstance(dataset, ReceivedFileBuffer):
+        dataset.release()
 
 
 class StoreService:
@@ -147,6 +164,8 @@ class StoreService:
         except Exception:
             log.exception("C-STORE of SOP Instance %s failed with an internal error", requested_uid)
             status = PROCESSING_FAILURE
+        finally:
+            release_received_dataset(event)
         metrics.CSTORE_SECONDS.observe(time.perf_counter() - started)
         if status != SUCCESS:
             metrics.INSTANCES_REFUSED.labels(f"0x{status:04X}").inc()

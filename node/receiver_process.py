@@ -17,6 +17,7 @@ from node.peers import PeerPolicy
 from node.reload import ConfigHolder, config_file_of_supervisor, install_sighup
 from node import pynetdicom_tuning
 from node.receiver import StoreService
+from node.received_file import FileBufferPool
 from node.scp import build_application_entity, start_server
 from node.tls import server_context
 from storage.database import create_database_engine
@@ -52,12 +53,14 @@ def run_receiver(config: Config, stop: StopSignal, listeners: SharedListeners, i
         return PeerPolicy(tuple(holder.current.peers))
 
     load = AssociationLoad(listeners.counts, index)
-    servers = [start_server(ae, config.node, policy, service.handlers(), listeners.dicom, load)]
+    file_buffers = FileBufferPool()  # shared by this process's associations, plain and TLS
+    servers = [start_server(ae, config.node, policy, service.handlers(), listeners.dicom, load,
+                            file_buffers=file_buffers)]
     tls = config.node.tls
     if tls is not None and listeners.tls is not None:  # same AE: max_associations counts both together
         context = server_context(tls.certificate, tls.private_key, tls.client_ca)
         servers.append(start_server(ae, config.node, policy, service.handlers(), listeners.tls, load,
-                                    ssl_context=context))
+                                    ssl_context=context, file_buffers=file_buffers))
         log.info("DICOM TLS on %s:%d (client certificates %s)", config.node.host, tls.port,
                  "required" if tls.client_ca else "not required")
     log.info(

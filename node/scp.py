@@ -35,6 +35,7 @@ from node.limits import DatasetLimits, guard_association
 from node.listener import AssociationLoad
 from node.peers import PeerPolicy
 from node.pynetdicom_tuning import TunedRequestHandler
+from node.received_file import FileBufferPool
 
 log = logging.getLogger("radnode.receiver")
 
@@ -98,6 +99,7 @@ class _SharedPortServer(ThreadedAssociationServer):
 
     listening_socket: socket.socket | None = None
     load: AssociationLoad | None = None
+    file_buffers: FileBufferPool | None = None  # read by TunedRequestHandler (node/pynetdicom_tuning.py)
     daemon_threads = True
     limits = DatasetLimits()
     handshake_timeout_s = 30.0
@@ -186,13 +188,16 @@ def start_server(
     load: AssociationLoad | None = None,
     *,
     ssl_context: ssl.SSLContext | None = None,
+    file_buffers: FileBufferPool | None = None,
 ) -> ThreadedAssociationServer:
     """Serve associations on ``listening_socket`` (bound and listening, node/listener.py), with TLS
     when ``ssl_context`` is given, in a background thread, and return the server. ``load`` is this
-    receiver's share of the association count when several receivers serve the socket."""
+    receiver's share of the association count when several receivers serve the socket; with
+    ``file_buffers``, C-STORE datasets are assembled in them (node/received_file.py)."""
     server_class = type("RadnodeServer", (_SharedPortServer,), {
         "listening_socket": listening_socket,
         "load": load,
+        "file_buffers": file_buffers,
         "limits": DatasetLimits.from_megabytes(
             settings.max_pdu_kb, settings.max_dataset_mb, settings.max_element_mb, settings.max_inflated_mb
         ),

@@ -19,8 +19,10 @@ Why
 How
   ``O_DIRECT`` needs the buffer's address, the file offset and the length aligned to the device's
   logical block size (:data:`BLOCK`, 4096 bytes, a multiple of every common one). The whole blocks
-  of the data are copied, :data:`CHUNK_BYTES` at a time, into a page-aligned scratch buffer
-  borrowed from :class:`AlignedBuffers` and written from there; the last partial block is written
+  of the data are written straight from it when it lies in page-aligned memory already (a
+  received instance, node/received_file.py); otherwise they are copied, :data:`CHUNK_BYTES` at a
+  time, into a page-aligned scratch buffer borrowed from :class:`AlignedBuffers` and written from
+  there. The last partial block is written
   through the page cache after ``O_DIRECT`` is switched off again (``fcntl(F_SETFL)``). Durability
   is unchanged: the caller still fsyncs the file (its size, its blocks' allocation and the
   device's write cache) before renaming it.
@@ -32,6 +34,7 @@ How
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import mmap
@@ -83,29 +86,54 @@ def write_fully(fd: int, data: bytes | memoryview) -> None:
         view = view[os.write(fd, view):]
 
 
+def is_block_aligned(view: memoryview) -> bool:
+    """True when ``view`` starts at a :data:`BLOCK`-aligned address, so that O_DIRECT can write
+    straight from it (a page-aligned buffer such as node/received_file.py assembles). Read-only
+    memory (a ``bytes`` object) never is: ``bytes`` data never starts on a page boundary."""
+    if view.readonly or not view.c_contiguous or not len(view):
+        return False
+    return ctypes.addressof(ctypes.c_char.from_buffer(view)) % BLOCK == 0
+
+
 def _write_whole_blocks_direct(fd: int, view: memoryview, whole_blocks: int, buffers: AlignedBuffers) -> int:
     """Write ``view[:whole_blocks]`` with O_DIRECT as far as the file system lets; return how many
-    bytes were written (the file offset), with O_DIRECT switched off again."""
+    bytes were written (the file offset), with O_DIRECT switched off again. An aligned ``view``
+    is written as it is; any other is copied into a scratch buffer, a chunk at a time."""
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     if not _O_DIRECT or not _set_flags(fd, flags | _O_DIRECT):
         return 0
-    offset = 0
     try:
+        if is_block_aligned(view):
+            return _write_direct(fd, view, whole_blocks, None)
         with buffers.borrowed() as buffer, memoryview(buffer) as scratch:
-            while offset < whole_blocks:
-                length = min(CHUNK_BYTES, whole_blocks - offset)
-                scratch[:length] = view[offset:offset + length]
-                try:
-                    written = os.write(fd, scratch[:length])
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL:
-                        raise
-                    break  # accepted at fcntl but not for writing (some FUSE and network file systems)
-                offset += written
-                if written < length:
-                    break  # a short direct write (a nearly full disk): the rest goes buffered
+            return _write_direct(fd, view, whole_blocks, scratch)
     finally:
         _set_flags(fd, flags)
+
+
+def _write_direct(fd: int, view: memoryview, whole_blocks: int, scratch: memoryview | None) -> int:
+    """The writes of :func:`_write_whole_blocks_direct` (``fd`` has O_DIRECT): from ``view`` itself
+    when ``scratch`` is None, else through ``scratch`` :data:`CHUNK_BYTES` at a time."""
+    offset = 0
+    while offset < whole_blocks:
+        if scratch is None:
+            length = whole_blocks - offset
+            chunk = view[offset:whole_blocks]
+        else:
+            length = min(CHUNK_BYTES, whole_blocks - offset)
+            scratch[:length] = view[offset:offset + length]
+            chunk = scratch[:length]
+        try:
+            written = os.write(fd, chunk)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            break  # accepted at fcntl but not for writing (some FUSE and network file systems)
+        finally:
+            chunk.release()
+        offset += written
+        if written < length:
+            break  # a short direct write (a nearly full disk): the rest goes buffered
     return offset
 
 

@@ -18,6 +18,10 @@ from pynetdicom import dul as dul_module
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node import pynetdicom_tuning
+from node.file_meta import encode_file
+from node.received_file import FileBufferPool
+from node.receiver import received_file, release_received_dataset
+from storage.direct_io import is_block_aligned
 from tests.support.dcmtk import DCMTK_ENV, parse_acknowledged, storescu_command
 from tests.support.network import free_port
 from tests.support.series import dataset_bytes, write_series
@@ -93,8 +97,23 @@ def scp_extra_handlers() -> list[tuple[object, object]]:
 
 
 @pytest.fixture
+def scp_file_buffers() -> FileBufferPool | None:
+    """The pool tuned_scp assembles datasets in (node/received_file.py; parametrize to give one);
+    None keeps pynetdicom's BytesIO."""
+    return None
+
+
+@pytest.fixture
+def scp_whole_files() -> list[bool]:
+    """For each C-STORE tuned_scp served with file buffers: whether the handler got the whole file
+    as one page-aligned view of the assembly buffer."""
+    return []
+
+
+@pytest.fixture
 def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[object, object]],  # type: ignore[no-untyped-def]
               scp_handler_threads: list[threading.Thread], scp_store_delay_s: float,
+              scp_file_buffers: FileBufferPool | None, scp_whole_files: list[bool],
               monkeypatch: pytest.MonkeyPatch):
     """An in-process SCP built as the receiver builds it, recording each C-STORE's bytes."""
     from node.scp import _SharedPortServer
@@ -110,7 +129,14 @@ def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[objec
         scp_handler_threads.append(threading.current_thread())
         time.sleep(scp_store_delay_s)
         uid = str(event.request.AffectedSOPInstanceUID)
-        received[uid] = bytes(event.encoded_dataset())
+        if scp_file_buffers is None:
+            received[uid] = bytes(event.encoded_dataset())
+        else:  # as the receiver's handler does (node/receiver.py)
+            whole_file = received_file(event)
+            scp_whole_files.append(isinstance(whole_file, memoryview) and is_block_aligned(whole_file))
+            received[uid] = bytes(whole_file)
+            del whole_file
+            release_received_dataset(event)
         return scp_statuses.get(uid, 0x0000)
 
     ae = AE(ae_title="TUNED")
@@ -120,6 +146,7 @@ def tuned_scp(scp_statuses: dict[str, int], scp_extra_handlers: list[tuple[objec
     port = free_port()
     server = _SharedPortServer(ae, ("127.0.0.1", port), "TUNED", ae.supported_contexts, None,
                                evt_handlers=[(evt.EVT_C_STORE, on_store), *scp_extra_handlers], request_handler=TunedRequestHandler)
+    server.file_buffers = scp_file_buffers
     ae._servers.append(server)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -417,6 +444,24 @@ def test_c_store_requests_on_the_direct_path_are_read_from_their_command_set(
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
+@pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
+@pytest.mark.parametrize("scp_file_buffers", [FileBufferPool()])
+def test_with_file_buffers_each_dataset_arrives_as_one_aligned_file_in_a_reused_buffer(
+    tuned_scp, scp_file_buffers: FileBufferPool, scp_whole_files: list[bool], tmp_path: Path, size: int  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _ = tuned_scp
+    files = write_series(tmp_path / "s", 4, size=size, seed=23)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert scp_whole_files == [True] * len(files)
+    assert scp_file_buffers.idle == 1  # one association, one buffer, back in the pool after each image
+    for path in files:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        uid = str(header.SOPInstanceUID)
+        # the same file the BytesIO path writes: File Meta from the request and context, dataset as sent
+        assert received[uid] == encode_file(str(header.SOPClassUID), uid, ExplicitVRLittleEndian, dataset_bytes(path))
 
 
 @pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_PDU_RECV, lambda event: None),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 import threading
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from storage import direct_io
-from storage.direct_io import BLOCK, CHUNK_BYTES, AlignedBuffers, write_all_direct
+from storage.direct_io import BLOCK, CHUNK_BYTES, AlignedBuffers, is_block_aligned, write_all_direct
 from tests.support.page_cache import resident_bytes, skip_where_files_live_in_the_page_cache
 
 
@@ -148,3 +149,34 @@ def test_a_buffer_is_reused_once_returned_and_concurrent_writers_get_their_own()
         assert other is not seen[0]
     release.set()
     holder.join(10)
+
+
+class _NoScratch(AlignedBuffers):
+    """Buffers that fail the test if a scratch copy is asked for."""
+
+    @contextmanager
+    def borrowed(self) -> Iterator[mmap.mmap]:
+        raise AssertionError("data in page-aligned memory needs no scratch copy")
+        yield  # pragma: no cover
+
+
+@pytest.mark.parametrize("size", [BLOCK, BLOCK + 1, 3 * CHUNK_BYTES + 5])
+def test_data_already_in_page_aligned_memory_is_written_from_there_without_a_scratch_copy(
+        tmp_path: Path, size: int) -> None:
+    data = _payload(size)
+    source = mmap.mmap(-1, size)
+    source[:] = data
+    with _open_new(tmp_path / "f") as fd, memoryview(source) as view:
+        write_all_direct(fd, view, _NoScratch())
+        os.fsync(fd)
+    assert (tmp_path / "f").read_bytes() == data
+
+
+def test_only_writable_memory_that_starts_on_a_block_boundary_counts_as_aligned() -> None:
+    page = mmap.mmap(-1, 2 * BLOCK)
+    with memoryview(page) as whole:
+        assert is_block_aligned(whole)
+        assert is_block_aligned(whole[BLOCK:])
+        assert not is_block_aligned(whole[1:])
+        assert not is_block_aligned(whole[:0])
+    assert not is_block_aligned(memoryview(bytes(2 * BLOCK)))  # read-only bytes never are
