@@ -73,6 +73,8 @@ acceptor associations only)
     assembled that way goes into a page-aligned buffer behind its file header
     (node/received_file.py) instead of a ``BytesIO``, so that the handler checks and writes it
     without copying it again.
+  - pynetdicom's UID setter remembers the UIDs it found conformant (node/pynetdicom_uids.py), in
+    the whole process.
   None of these changes adds wake-ups, and an idle established association wakes 20 times a
   second instead of 2000. The eventfd is
   closed when the association's queue is garbage-collected (nothing can write to it or wait on it
@@ -115,6 +117,7 @@ from pynetdicom.transport import RequestHandler
 
 from node.cstore_request import command_values, store_request_primitive
 from node.cstore_response import encode_c_store_response
+from node import pynetdicom_uids
 from node.file_meta import file_header
 from node.received_file import FileBufferPool, ReceivedFileBuffer
 
@@ -434,12 +437,14 @@ def apply() -> bool:
         proxy = _TimeProxy()
         _dul_module.time = proxy  # type: ignore[attr-defined]
         _association_module.time = proxy  # type: ignore[attr-defined]
+        pynetdicom_uids.install()
         _applied = True
         return True
 
 
 def is_applied() -> bool:
-    return _applied and isinstance(_dul_module.time, _TimeProxy) and isinstance(_association_module.time, _TimeProxy)
+    return (_applied and isinstance(_dul_module.time, _TimeProxy) and isinstance(_association_module.time, _TimeProxy)
+            and pynetdicom_uids.is_installed())
 
 
 def tune_association(assoc: Any, file_buffers: FileBufferPool | None = None) -> None:

@@ -1,0 +1,70 @@
+"""pynetdicom's UID setter with its checks remembered for conformant UIDs (part of
+node/pynetdicom_tuning.py).
+
+Why
+  pynetdicom 3.0 checks every UID a primitive, presentation context or PDU item is given
+  (``pynetdicom.utils.set_uid``): pydicom's ``UID()`` matches the value against the UI regex,
+  the configured validator (``_config.VALIDATORS["UI"]``) builds a second ``UID`` and checks it,
+  and ``UID.is_valid`` matches another regex. Each C-STORE sets its SOP Class and Instance UIDs
+  twice (request and response primitives), and each association from storescu negotiates about
+  120 presentation contexts. py-spy (``--gil``) of the receivers during a four-association ingest:
+  UID checks in regex matching and ``UID`` construction were about a tenth of the time they held
+  the GIL; for 60 one-image associations, ``A_ASSOCIATE_RQ.to_primitive`` and the negotiation,
+  mostly UID checks, were close to half.
+
+What
+  :func:`set_uid` is ``set_uid`` as pynetdicom's modules see it. A non-empty ``str`` or ``UID``
+  value that is conformant (PS3.5 9.1: at most 64 characters, digits in components without
+  leading zeros, separated by dots) is answered from a bounded LRU cache of the ``UID`` made and
+  checked for it the first time; a conformant UID passes every one of pynetdicom's checks without
+  a warning, so only repeated work is skipped. Anything else (None, bytes, empty, a
+  non-conformant or invalid value) goes through pynetdicom's own ``set_uid``, with its errors and
+  warnings as before. The cache holds :data:`CACHED_UIDS` values; a C-STORE's instance UID is
+  checked once and found again for its response.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+from pydicom.uid import UID
+from pynetdicom import _config, dimse_primitives, pdu_items, pdu_primitives, presentation, utils
+
+CACHED_UIDS = 4096
+_CONFORMANT = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")  # PS3.5 9.1
+_PATCHED_MODULES = (dimse_primitives, pdu_items, pdu_primitives, presentation)
+_original_set_uid = utils.set_uid
+
+
+@lru_cache(maxsize=CACHED_UIDS)
+def conformant_uid(value: str) -> UID | None:
+    """The ``UID`` pynetdicom's ``set_uid`` returns for ``value`` when ``value`` is conformant and
+    passes the configured validator; None otherwise (nothing is logged either way)."""
+    if len(value) > 64 or _CONFORMANT.fullmatch(value) is None:
+        return None
+    uid = UID(value)
+    if not uid.is_valid or not _config.VALIDATORS["UI"](uid)[0]:
+        return None
+    return uid
+
+
+def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
+            validate: bool = True) -> UID | None:
+    """``pynetdicom.utils.set_uid`` (same arguments, same result), remembered for conformant UIDs."""
+    if isinstance(value, str) and value:
+        uid = conformant_uid(str(value))  # a plain str: the cache takes a UID for another key
+        if uid is not None:
+            return uid
+    return _original_set_uid(value, name, allow_empty, allow_none, validate)
+
+
+def install() -> None:
+    """Make pynetdicom's primitives, presentation contexts and PDU items use :func:`set_uid`."""
+    for module in _PATCHED_MODULES:
+        module.set_uid = set_uid  # type: ignore[attr-defined]
+
+
+def is_installed() -> bool:
+    return all(module.set_uid is set_uid for module in _PATCHED_MODULES)  # type: ignore[attr-defined]

@@ -1,0 +1,68 @@
+"""node/pynetdicom_uids.py: pynetdicom's UID setter gives the same UIDs, errors and warnings, and
+checks a conformant UID only once."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydicom.uid import UID
+from pynetdicom import dimse_primitives, presentation, utils
+from pynetdicom.dimse_primitives import C_STORE
+
+from node import pynetdicom_uids
+
+CONFORMANT = "1.2.826.0.1.3680043.8.498.12345678901234567890"
+
+
+def test_a_conformant_uid_is_the_uid_pynetdicom_makes_and_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    pynetdicom_uids.conformant_uid.cache_clear()
+    checks: list[object] = []
+    original = pynetdicom_uids._config.VALIDATORS["UI"]
+
+    def counted(value):  # type: ignore[no-untyped-def]
+        checks.append(value)
+        return original(value)
+
+    monkeypatch.setitem(pynetdicom_uids._config.VALIDATORS, "UI", counted)
+    first = pynetdicom_uids.set_uid(CONFORMANT, "AffectedSOPInstanceUID")
+    again = pynetdicom_uids.set_uid(UID(CONFORMANT), "AffectedSOPInstanceUID")
+
+    assert first == utils.set_uid(CONFORMANT, "AffectedSOPInstanceUID") and isinstance(first, UID)
+    assert again is first
+    assert len(checks) == 2  # once for the memo, once for pynetdicom's own call above
+
+
+@pytest.mark.parametrize("value", ["1.2.03.4", "1.2.3.", "1.2.x.4"])
+def test_a_non_conformant_uid_still_gets_pynetdicoms_warning(value: str, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        result = pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")
+    assert result == value
+    assert "Non-conformant 'AffectedSOPInstanceUID'" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["1." + "2" * 70, "2" * 65])
+def test_an_invalid_uid_is_still_refused_with_pynetdicoms_error(value: str) -> None:
+    with pytest.raises(ValueError, match="Invalid 'AffectedSOPInstanceUID' value"):
+        pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")
+
+
+@pytest.mark.parametrize("value", [None, "", b"1.2.3"])
+def test_none_empty_and_bytes_take_pynetdicoms_own_path(value: object) -> None:
+    assert pynetdicom_uids.set_uid(value, "AffectedSOPClassUID") == utils.set_uid(value, "AffectedSOPClassUID")
+
+
+def test_once_installed_primitives_and_presentation_contexts_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (dimse_primitives, presentation, pynetdicom_uids.pdu_items, pynetdicom_uids.pdu_primitives):
+        monkeypatch.setattr(module, "set_uid", utils.set_uid)  # restored after the test
+    pynetdicom_uids.install()
+    pynetdicom_uids.conformant_uid.cache_clear()
+
+    request = C_STORE()
+    request.AffectedSOPInstanceUID = CONFORMANT
+    response = C_STORE()
+    response.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+
+    assert pynetdicom_uids.is_installed()
+    assert response.AffectedSOPInstanceUID is request.AffectedSOPInstanceUID
+    assert pynetdicom_uids.conformant_uid.cache_info().hits >= 1
