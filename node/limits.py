@@ -96,6 +96,8 @@ class DatasetRefused(Exception):
 # -- while receiving (DUL and DIMSE threads of an accepted association) -------------------------
 
 _REFUSALS_ATTR = "_radnode_refusals"
+_TALLY_ATTR = "_radnode_message_tally"  # on a guarded Association: its _MessageTally
+_PDU_LIMIT_ATTR = "_radnode_pdu_limit"  # on a guarded AssociationSocket: the PDU length limit
 
 
 def guard_association(assoc: Any, limits: DatasetLimits) -> None:
@@ -132,8 +134,39 @@ def _wake_on_early_close(assoc: Any) -> None:
     events.put = put
 
 
+def pdu_length_limit(sock: Any) -> int | None:
+    """The PDU length above which the guard closes ``sock``'s association (None: not guarded),
+    for a reader that does not go through its ``recv`` for a PDU body (node/pynetdicom_tuning.py)."""
+    return getattr(sock, _PDU_LIMIT_ATTR, None)
+
+
+def count_direct_dataset_bytes(assoc: Any, nr_bytes: int) -> bool:
+    """Count ``nr_bytes`` of a C-STORE dataset fragment that the DUL receives straight into its
+    assembly buffer, which the guard then sees only as an empty fragment (node/pynetdicom_tuning.py).
+    True when they stay within ``max_dataset_mb``; False, counting nothing, when they would not,
+    so that the fragment is read as usual and the guard refuses the dataset."""
+    tally: _MessageTally | None = getattr(assoc, _TALLY_ATTR, None)
+    if tally is None:
+        return True
+    if tally.over or tally.dataset + nr_bytes > tally.max_dataset:
+        return False
+    tally.dataset += nr_bytes
+    return True
+
+
+@dataclass
+class _MessageTally:
+    """Bytes of the DIMSE message an association is receiving (reset when it is complete)."""
+
+    max_dataset: int
+    command: int = 0
+    dataset: int = 0
+    over: bool = False
+
+
 def _guard_pdu_length(sock: Any, limit: int) -> None:
     original: Callable[[int], bytearray] = sock.recv
+    setattr(sock, _PDU_LIMIT_ATTR, limit)
 
     def recv(nr_bytes: int) -> bytearray:
         # the DUL reads a PDU as recv(6) for type and length, then recv(length) for the body
@@ -150,7 +183,8 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
 
     dimse = assoc.dimse
     original: Callable[[Any], None] = dimse.receive_primitive
-    tally = {"command": 0, "dataset": 0, "over": False}
+    tally = _MessageTally(max_dataset)
+    setattr(assoc, _TALLY_ATTR, tally)
 
     def receive_primitive(primitive: Any) -> None:
         if dimse.message is None:
@@ -160,17 +194,17 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
         changed = False
         for context_id, data in primitive.presentation_data_value_list:
             if data[0] & 1:  # command fragment (PS3.8 E.2)
-                tally["command"] += len(data) - 1
-                if tally["command"] > MAX_COMMAND_BYTES:
+                tally.command += len(data) - 1
+                if tally.command > MAX_COMMAND_BYTES:
                     log.warning("aborting association: command set above %d bytes", MAX_COMMAND_BYTES)
                     message.encoded_command_set = BytesIO()
                     assoc.dul.event_queue.put("Evt19")  # invalid PDU: A-ABORT (PS3.8 9.2, AA-8)
                     return
             else:
-                tally["dataset"] += len(data) - 1
-                if tally["dataset"] > max_dataset:
-                    if not tally["over"]:
-                        tally["over"] = True
+                tally.dataset += len(data) - 1
+                if tally.dataset > max_dataset:
+                    if not tally.over:
+                        tally.over = True
                         release = getattr(message.data_set, "release", None)  # node/received_file.py
                         if release is not None:
                             release()
@@ -182,14 +216,14 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
             primitive.presentation_data_value_list = [[context_id, bytes(data)] for context_id, data in kept]
         original(primitive)
         if dimse.message is not message:  # the message is complete
-            if tally["over"]:
+            if tally.over:
                 command_set = getattr(message, "command_set", None)
                 message_id = getattr(command_set, "MessageID", None)
                 if message_id is not None:
                     refusals[int(message_id)] = DatasetRefused(
-                        DATASET_TOO_LARGE, f"dataset of {tally['dataset']} bytes is above the limit of {max_dataset}"
+                        DATASET_TOO_LARGE, f"dataset of {tally.dataset} bytes is above the limit of {max_dataset}"
                     )
-            tally.update(command=0, dataset=0, over=False)
+            tally.command, tally.dataset, tally.over = 0, 0, False
 
     dimse.receive_primitive = receive_primitive
 

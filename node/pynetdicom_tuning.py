@@ -72,7 +72,11 @@ acceptor associations only)
   - With a :class:`FileBufferPool` (the receiver gives its servers one), the dataset of a message
     assembled that way goes into a page-aligned buffer behind its file header
     (node/received_file.py) instead of a ``BytesIO``, so that the handler checks and writes it
-    without copying it again.
+    without copying it again. Once a C-STORE-RQ's command set is complete, the P-DATA-TF PDUs
+    that follow are read item by item (:func:`_receive_pdv_items`): each dataset fragment goes
+    from the socket straight into that buffer, and DIMSE gets the fragment's message control
+    header alone, so it still knows the last one. The dataset limit counts those bytes
+    (node/limits.py); a fragment beyond it, and a PDU above the length limit, take the usual path.
   - pynetdicom's UID setter remembers the UIDs it found conformant (node/pynetdicom_uids.py), in
     the whole process.
   None of these changes adds wake-ups, and an idle established association wakes 20 times a
@@ -110,7 +114,7 @@ import pynetdicom
 from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
 from pynetdicom import evt
-from pynetdicom.dimse_messages import DIMSEMessage
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
@@ -119,6 +123,7 @@ from node.cstore_request import command_values, store_request_primitive
 from node.cstore_response import encode_c_store_response
 from node import pynetdicom_uids
 from node.file_meta import file_header
+from node.limits import count_direct_dataset_bytes, pdu_length_limit
 from node.received_file import FileBufferPool, ReceivedFileBuffer
 
 log = logging.getLogger("radnode.receiver")
@@ -263,6 +268,14 @@ def _read_one_pdu(dul: Any) -> bool:
         log.error("unknown PDU type 0x%02X received", pdu_type)
         dul.event_queue.put("Evt19")
         return False
+    direct = pdu_type == 0x04 and _can_deliver_directly(dul)
+    assembly = _assembly_receiving_dataset(dul, pdu_length) if direct else None
+    if assembly is not None:
+        received = _receive_pdv_items(dul, pdu_length, assembly)
+        if isinstance(received, str):  # the event that ends the association
+            dul.event_queue.put(received)
+            return False
+        return _hand_to_dimse(dul, received)
     try:
         body = dul.socket.recv(pdu_length)
     except (OSError, TimeoutError) as exc:
@@ -273,24 +286,14 @@ def _read_one_pdu(dul: Any) -> bool:
         log.warning("the received PDU is shorter than declared (%d of %d bytes)", len(body), pdu_length)
         dul.event_queue.put("Evt17")
         return False
-    if pdu_type == 0x04 and _can_deliver_directly(dul):
+    if direct:
         try:
             items = split_pdv_items(body)
         except ValueError as exc:
             log.error("unable to decode a P-DATA-TF PDU: %s", exc)
             dul.event_queue.put("Evt19")
             return False
-        primitive = P_DATA()
-        primitive._presentation_data_value_list = items  # the public setter accepts bytes only, not views
-        dimse = dul.assoc.dimse
-        if dimse.message is None:  # the first PDU of a message
-            dimse.message = _message_converted_directly(dul.assoc)
-        setattr(dul, _DIRECT_ATTR, True)
-        try:
-            dimse.receive_primitive(primitive)  # DT-2: P-DATA indication; the state stays Sta6
-        finally:
-            setattr(dul, _DIRECT_ATTR, False)
-        return not _serve_queued_store(dul.assoc)
+        return _hand_to_dimse(dul, items)
     try:
         pdu, event = dul._decode_pdu(header + body)
     except Exception as exc:  # pynetdicom's decoders raise many kinds on malformed PDUs
@@ -300,6 +303,82 @@ def _read_one_pdu(dul: Any) -> bool:
     dul.event_queue.put(event)
     dul._recv_pdu.put(pdu)
     return False
+
+
+def _hand_to_dimse(dul: Any, items: list[list[Any]]) -> bool:
+    """Hand a P-DATA-TF's PDV items to the DIMSE provider (Sta6 + Evt10: action DT-2, the state
+    stays Sta6) and serve the C-STORE it completed, if any; the result of :func:`_read_one_pdu`."""
+    primitive = P_DATA()
+    primitive._presentation_data_value_list = items  # the public setter accepts bytes only, not views
+    dimse = dul.assoc.dimse
+    if dimse.message is None:  # the first PDU of a message
+        dimse.message = _message_converted_directly(dul.assoc)
+    setattr(dul, _DIRECT_ATTR, True)
+    try:
+        dimse.receive_primitive(primitive)
+    finally:
+        setattr(dul, _DIRECT_ATTR, False)
+    return not _serve_queued_store(dul.assoc)
+
+
+def _assembly_receiving_dataset(dul: Any, pdu_length: int) -> ReceivedFileBuffer | None:
+    """The assembly buffer of the C-STORE-RQ whose dataset the next P-DATA-TF continues, when its
+    dataset fragments can be received straight into it: the command set is complete, the dataset
+    is still assembled in a ReceivedFileBuffer (not dropped by the dataset limit), and the PDU is
+    within the guard's length limit (node/limits.py), which a longer one meets on the usual path."""
+    limit = pdu_length_limit(dul.socket)
+    if limit is not None and pdu_length > limit:
+        return None
+    message = dul.assoc.dimse.message
+    if type(message) is not C_STORE_RQ or message._data_set_file is not None:
+        return None
+    data_set = message.data_set
+    return data_set if isinstance(data_set, ReceivedFileBuffer) else None
+
+
+def _receive_pdv_items(dul: Any, pdu_length: int, assembly: ReceivedFileBuffer) -> list[list[Any]] | str:
+    """Read a P-DATA-TF body of ``pdu_length`` bytes item by item (PS3.8 9.3.5.1), each dataset
+    fragment of the message being assembled straight into ``assembly``, without the copy out of a
+    PDU buffer; such a fragment is handed to DIMSE as its message control header alone (an empty
+    fragment that still says whether it is the last). Command fragments, fragments of another
+    presentation context and fragments beyond the dataset limit (node/limits.py) are read as
+    usual. Returns the items, or the event that ends the association: Evt17 when the connection
+    closes or times out, Evt19 when the items do not fill the body exactly."""
+    raw = dul.socket.socket
+    context_id = dul.assoc.dimse.message.context_id
+    items: list[list[Any]] = []
+    remaining = pdu_length
+    try:
+        while remaining:
+            if remaining < 6:
+                log.error("unable to decode a P-DATA-TF PDU: PDV item header truncated")
+                return "Evt19"
+            header = read_exactly(raw, 6)
+            if len(header) < 6:
+                return "Evt17"
+            length, item_context, control = int.from_bytes(header[:4], "big"), header[4], header[5]
+            if length < 2 or 4 + length > remaining:
+                log.error("unable to decode a P-DATA-TF PDU: PDV item declares %d bytes", length)
+                return "Evt19"
+            fragment = length - 2
+            if (not control & 1 and item_context == context_id
+                    and count_direct_dataset_bytes(dul.assoc, fragment)):
+                if assembly.receive(raw.recv_into, fragment) < fragment:
+                    return "Evt17"
+                items.append([item_context, bytes((control,))])
+            else:
+                data = read_exactly(raw, fragment)
+                if len(data) < fragment:
+                    return "Evt17"
+                items.append([item_context, bytes((control,)) + data])
+            remaining -= 4 + length
+    except (OSError, TimeoutError) as exc:
+        log.warning("connection closed before the entire PDU was received: %s", exc)
+        return "Evt17"
+    if not items:
+        log.error("unable to decode a P-DATA-TF PDU: no PDV item")
+        return "Evt19"
+    return items
 
 
 def _message_converted_directly(assoc: Any) -> DIMSEMessage:

@@ -16,7 +16,9 @@ How
   write, which comes after the whole command set (PS3.7 6.3.1: a message's command fragments
   precede its dataset fragments), takes a page-aligned buffer from a :class:`FileBufferPool` and
   puts the file header there, made from the command set's SOP Class and Instance UIDs and the
-  presentation context's transfer syntax; each fragment is then copied once, behind it. The
+  presentation context's transfer syntax; each fragment then lands behind it, either received
+  from the socket straight into the buffer (:meth:`ReceivedFileBuffer.receive`, the DUL's
+  direct P-DATA path) or copied once (``write``). The
   handler asks for :meth:`ReceivedFileBuffer.file_view` with the header it would write itself: the
   same header gives the whole file as one view of the buffer, aligned for ``O_DIRECT``; any other
   (or none) gives None, and the handler joins header and dataset as before. Once the handler is
@@ -105,6 +107,24 @@ class ReceivedFileBuffer:
             buffer[self._end:end] = fragment
             self._end = end
             return len(fragment)
+
+    def receive(self, recv_into: Callable[[memoryview], int], length: int) -> int:
+        """Append a dataset fragment of ``length`` bytes read by ``recv_into`` (a socket's) straight
+        into the buffer, without an intermediate copy; return how many bytes arrived (fewer only
+        when ``recv_into`` returned 0: the peer closed the connection)."""
+        buffer = self._buffer if self._buffer is not None else self._start()
+        end = self._end + length
+        if end > len(buffer):
+            buffer.resize(_rounded_to_block(max(end, 2 * len(buffer))))
+        start = self._end
+        with memoryview(buffer) as whole:
+            while self._end < end:
+                with whole[self._end:end] as rest:
+                    received = recv_into(rest)
+                if received == 0:
+                    break
+                self._end += received
+        return self._end - start
 
     def _start(self) -> mmap.mmap:
         if self._released:

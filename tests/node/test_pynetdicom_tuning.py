@@ -19,7 +19,7 @@ from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node import pynetdicom_tuning
 from node.file_meta import encode_file
-from node.received_file import FileBufferPool
+from node.received_file import FileBufferPool, ReceivedFileBuffer
 from node.receiver import received_file, release_received_dataset
 from storage.direct_io import is_block_aligned
 from tests.support.dcmtk import DCMTK_ENV, parse_acknowledged, storescu_command
@@ -385,6 +385,18 @@ def _count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return calls
 
 
+def _count_method_calls(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[int]:
+    calls = [0]
+    original = getattr(cls, name)
+
+    def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
 def _store_all(port: int, files: list[Path]) -> list[tuple[int, str]]:
     """C-STORE each file's own bytes on one association; (status, responded SOP Instance UID) each."""
     scu = AE(ae_title="SCU")
@@ -449,13 +461,20 @@ def test_c_store_requests_on_the_direct_path_are_read_from_their_command_set(
 @pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
 @pytest.mark.parametrize("scp_file_buffers", [FileBufferPool()])
 def test_with_file_buffers_each_dataset_arrives_as_one_aligned_file_in_a_reused_buffer(
-    tuned_scp, scp_file_buffers: FileBufferPool, scp_whole_files: list[bool], tmp_path: Path, size: int  # type: ignore[no-untyped-def]
+    tuned_scp, scp_file_buffers: FileBufferPool, scp_whole_files: list[bool], tmp_path: Path, size: int,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, received, _ = tuned_scp
     files = write_series(tmp_path / "s", 4, size=size, seed=23)
+    received_directly = _count_method_calls(monkeypatch, ReceivedFileBuffer, "receive")
+    copied_bytes: list[int] = []
+    write = ReceivedFileBuffer.write
+    monkeypatch.setattr(ReceivedFileBuffer, "write", lambda self, data: copied_bytes.append(write(self, data)) or copied_bytes[-1])
 
     assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
     assert scp_whole_files == [True] * len(files)
+    # every dataset PDU after the command's went from the socket straight into the buffer
+    assert received_directly[0] >= len(files) * (size * size * 2 // 16384) and sum(copied_bytes) == 0
     assert scp_file_buffers.idle == 1  # one association, one buffer, back in the pool after each image
     for path in files:
         header = pydicom.dcmread(path, stop_before_pixels=True)
@@ -563,3 +582,78 @@ def test_a_store_slower_than_the_network_timeout_is_answered_not_aborted(
     assert [status for status, _ in _store_all(port, files)] == [0x0000, 0x0000]
     assert scp_handler_threads == [associations[0].dul] * 2  # the DUL thread was busy storing
     assert len(received) == 2
+
+
+def _pdv(context_id: int, control: int, fragment: bytes) -> bytes:
+    return (2 + len(fragment)).to_bytes(4, "big") + bytes((context_id, control)) + fragment
+
+
+def _dul_receiving(sock, message_context_id: int = 1, max_dataset: int | None = None):  # type: ignore[no-untyped-def]
+    """The parts of a DUL that _receive_pdv_items reads: its socket and its message's context."""
+    from types import SimpleNamespace
+
+    from node import limits
+
+    assoc = SimpleNamespace(dimse=SimpleNamespace(message=SimpleNamespace(context_id=message_context_id)))
+    if max_dataset is not None:
+        setattr(assoc, limits._TALLY_ATTR, limits._MessageTally(max_dataset))
+    return SimpleNamespace(socket=SimpleNamespace(socket=sock), assoc=assoc)
+
+
+def test_dataset_fragments_go_from_the_socket_into_the_assembly_and_dimse_gets_their_headers() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    body = _pdv(1, 0x00, b"first part ") + _pdv(1, 0x02, b"and the last")
+    far.sendall(body)
+    assembly = ReceivedFileBuffer(FileBufferPool(), lambda: None)
+
+    items = pynetdicom_tuning._receive_pdv_items(_dul_receiving(near), len(body), assembly)
+
+    assert items == [[1, b"\x00"], [1, b"\x02"]]
+    assert assembly.getvalue() == b"first part and the last"
+    near.close(), far.close()
+
+
+def test_command_fragments_other_contexts_and_bytes_beyond_the_dataset_limit_are_read_as_usual() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    body = _pdv(1, 0x03, b"command") + _pdv(3, 0x00, b"other context") + _pdv(1, 0x00, b"12345") + _pdv(1, 0x02, b"67")
+    far.sendall(body)
+    assembly = ReceivedFileBuffer(FileBufferPool(), lambda: None)
+
+    items = pynetdicom_tuning._receive_pdv_items(_dul_receiving(near, max_dataset=6), len(body), assembly)
+
+    # "12345" fits the 6-byte limit and goes straight in; "67" would pass it: the guard's path refuses it
+    assert items == [[1, b"\x03command"], [3, b"\x00other context"], [1, b"\x00"], [1, b"\x0267"]]
+    assert assembly.getvalue() == b"12345"
+    near.close(), far.close()
+
+
+@pytest.mark.parametrize("body, declared", [
+    ((100).to_bytes(4, "big") + b"\x01\x00abc", 9),  # an item longer than the PDU
+    ((1).to_bytes(4, "big") + b"\x01", 5),  # an item without its control header
+    (_pdv(1, 0x00, b"abc") + b"\x00\x00", 11),  # bytes left that cannot hold an item header
+    (b"", 0),  # a P-DATA-TF without any item
+])
+def test_pdv_items_that_do_not_fill_the_pdu_exactly_are_an_invalid_pdu(body: bytes, declared: int) -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    far.sendall(body)
+    assembly = ReceivedFileBuffer(FileBufferPool(), lambda: None)
+    assert pynetdicom_tuning._receive_pdv_items(_dul_receiving(near), declared, assembly) == "Evt19"
+    near.close(), far.close()
+
+
+def test_a_connection_closed_inside_a_dataset_fragment_ends_the_association() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    body = _pdv(1, 0x02, b"x" * 1000)
+    far.sendall(body[:500])
+    far.close()
+    assembly = ReceivedFileBuffer(FileBufferPool(), lambda: None)
+    assert pynetdicom_tuning._receive_pdv_items(_dul_receiving(near), len(body), assembly) == "Evt17"
+    near.close()

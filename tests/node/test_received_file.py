@@ -113,3 +113,31 @@ def test_the_pool_keeps_no_more_idle_buffers_than_its_limit() -> None:
     for assembly in assemblies:
         assembly.release()
     assert pool.idle == 2
+
+
+def test_a_fragment_is_received_from_a_socket_straight_behind_the_header_growing_the_buffer() -> None:
+    import socket
+    import threading
+
+    near, far = socket.socketpair()
+    fragment = _fragments(5 * BLOCK, 5 * BLOCK)[0]
+    sender = threading.Thread(target=far.sendall, args=(fragment,))
+    sender.start()
+    assembly = ReceivedFileBuffer(FileBufferPool(initial_bytes=BLOCK), lambda: HEADER)
+    assert assembly.receive(near.recv_into, len(fragment)) == len(fragment)
+    sender.join()
+    whole = assembly.file_view(HEADER)
+    assert whole is not None and bytes(whole) == HEADER + fragment
+    near.close(), far.close()
+
+
+def test_receiving_stops_short_when_the_peer_closes() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    far.sendall(b"only this")
+    far.close()
+    assembly = ReceivedFileBuffer(FileBufferPool(), lambda: None)
+    assert assembly.receive(near.recv_into, 100) == len(b"only this")
+    assert assembly.getvalue() == b"only this"
+    near.close()
