@@ -44,3 +44,11 @@ def encode_c_store_response(message_id_being_responded_to: int, status: int,
         _element(0x1000, _ui(sop_instance_uid)) if sop_instance_uid is not None else b"",
     ))
     return _element(0x0000, struct.pack("<L", len(body))) + body
+
+
+def encode_command_pdu(context_id: int, command: bytes) -> bytes:
+    """A P-DATA-TF PDU carrying a whole ``command`` set as one PDV (PS3.8 9.3.5, Tables 9-22 and
+    9-23; message control header 0x03: command, last fragment, PS3.8 E.2), as pynetdicom 3.0
+    encodes ``P_DATA_TF`` for it."""
+    item = struct.pack(">LBB", 2 + len(command), context_id, 0x03) + command
+    return struct.pack(">BBL", 0x04, 0x00, len(item)) + item

@@ -68,7 +68,9 @@ acceptor associations only)
     node/cstore_response.py (the same bytes) instead of through a pydicom Dataset encoded twice,
     and queued for the DUL as one P-DATA like pynetdicom's ``DIMSEServiceProvider.send_msg``
     does; other messages, and every message when a handler is bound to ``EVT_DIMSE_SENT``, keep
-    pynetdicom's path.
+    pynetdicom's path. When the DUL thread serves the request itself, it sends that response's
+    P-DATA-TF at once (:func:`_can_send_directly`) rather than queueing it, waking itself through
+    the eventfd and sending it from its next loop through the state machine (DT-1).
   - With a :class:`FileBufferPool` (the receiver gives its servers one), the dataset of a message
     assembled that way goes into a page-aligned buffer behind its file header
     (node/received_file.py) instead of a ``BytesIO``, so that the handler checks and writes it
@@ -120,7 +122,7 @@ from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
 from node.cstore_request import command_values, store_request_primitive
-from node.cstore_response import encode_c_store_response
+from node.cstore_response import encode_c_store_response, encode_command_pdu
 from node import pynetdicom_uids
 from node.file_meta import file_header
 from node.limits import count_direct_dataset_bytes, pdu_length_limit
@@ -570,10 +572,26 @@ def _send_c_store_response(assoc: Any, primitive: Any, context_id: int) -> bool:
     max_pdu = assoc.dimse.maximum_pdu_size  # the peer's Maximum Length; 0 means no limit
     if max_pdu and len(command) > max_pdu - 6:
         return False  # pynetdicom splits it into several fragments
+    dul = assoc.dul
+    if threading.current_thread() is dul and _can_send_directly(dul):
+        dul.socket.send(encode_command_pdu(context_id, command))  # Evt17 queued if the connection is gone
+        return True
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((context_id, b"\x03" + command))
     assoc.dul.send_pdu(pdata)
     return True
+
+
+def _can_send_directly(dul: Any) -> bool:
+    """Whether the DUL thread, serving a C-STORE itself (:func:`_serve_queued_store`), may send
+    the response's P-DATA-TF at once instead of queueing it for its own next loop: established
+    (Sta6, where a P-DATA request is action DT-1: send the P-DATA-TF, stay in Sta6; PS3.8 9.2),
+    nothing queued before it, and nobody listening for the PDU and data events that pynetdicom's
+    DT-1 triggers."""
+    if dul.state_machine.current_state != "Sta6" or not dul.to_provider_queue.empty():
+        return False
+    assoc = dul.assoc
+    return not assoc.get_handlers(evt.EVT_PDU_SENT) and not assoc.get_handlers(evt.EVT_DATA_SENT)
 
 
 def _tune_recv(association_socket: Any) -> None:

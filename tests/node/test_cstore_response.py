@@ -53,3 +53,16 @@ def test_values_outside_sixteen_bits_are_refused() -> None:
         encode_c_store_response(70000, 0x0000, None, None)
     with pytest.raises(ValueError):
         encode_c_store_response(1, -1, None, None)
+
+
+@pytest.mark.parametrize("context_id", [1, 127, 255])
+def test_a_command_pdu_is_the_p_data_tf_pynetdicom_encodes(context_id: int) -> None:
+    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu_primitives import P_DATA
+
+    from node.cstore_response import encode_command_pdu
+
+    command = encode_c_store_response(7, 0x0000, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5")
+    primitive = P_DATA()
+    primitive.presentation_data_value_list.append((context_id, b"\x03" + command))
+    assert encode_command_pdu(context_id, command) == P_DATA_TF(primitive).encode()

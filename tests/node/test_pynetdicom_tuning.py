@@ -512,10 +512,26 @@ def test_c_store_responses_carry_the_handlers_status_and_the_instance_they_answe
     for uid, status in zip(uids, (0x0000, 0xA700, 0xC001, 0x0110)):
         scp_statuses[uid] = status
 
+    sent_directly = _count_calls(monkeypatch, "encode_command_pdu")
+
     answers = _store_all(port, files)
 
     assert answers == [(0x0000, uids[0]), (0xA700, uids[1]), (0xC001, uids[2]), (0x0110, uids[3])]
     assert encode_calls[0] == len(files)
+    assert sent_directly[0] == len(files)  # served on the DUL thread, sent by it at once
+
+
+@pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_PDU_SENT, lambda event: None)],
+                                                 [(evt.EVT_DATA_SENT, lambda event: None)]])
+def test_with_handlers_bound_to_sent_pdus_or_data_responses_go_through_the_dul_queue(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, _received, _threads = tuned_scp
+    sent_directly = _count_calls(monkeypatch, "encode_command_pdu")
+    files = write_series(tmp_path / "s", 3, size=32, seed=29)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert sent_directly[0] == 0
 
 
 def test_pdv_items_are_split_as_ps3_8_lays_them_out() -> None:
