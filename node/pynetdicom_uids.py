@@ -14,7 +14,7 @@ Why
 
 What
   :func:`set_uid` is ``set_uid`` as pynetdicom's modules see it. A non-empty ``str`` or ``UID``
-  value that is conformant (PS3.5 9.1: at most 64 characters, digits in components without
+  value, or ASCII ``bytes`` (as PDU items carry them), that is conformant (PS3.5 9.1: at most 64 characters, digits in components without
   leading zeros, separated by dots) is answered from a bounded LRU cache of the ``UID`` made and
   checked for it the first time; a conformant UID passes every one of pynetdicom's checks without
   a warning, so only repeated work is skipped. Anything else (None, bytes, empty, a
@@ -53,8 +53,14 @@ def conformant_uid(value: str) -> UID | None:
 def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
             validate: bool = True) -> UID | None:
     """``pynetdicom.utils.set_uid`` (same arguments, same result), remembered for conformant UIDs."""
-    if isinstance(value, str) and value:
-        uid = conformant_uid(str(value))  # a plain str: the cache takes a UID for another key
+    if isinstance(value, str):
+        text = str(value)  # a plain str: the cache would take a UID for another key
+    elif isinstance(value, bytes) and value.isascii():
+        text = value.decode("ascii")  # what pynetdicom's decode_bytes gives, without its fallbacks
+    else:
+        text = ""
+    if text:
+        uid = conformant_uid(text)
         if uid is not None:
             return uid
     return _original_set_uid(value, name, allow_empty, allow_none, validate)

@@ -47,9 +47,15 @@ def test_an_invalid_uid_is_still_refused_with_pynetdicoms_error(value: str) -> N
         pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")
 
 
-@pytest.mark.parametrize("value", [None, "", b"1.2.3"])
-def test_none_empty_and_bytes_take_pynetdicoms_own_path(value: object) -> None:
+@pytest.mark.parametrize("value", [None, "", b"", b"1.2.3", b"1.2.03", "1.2.3\x00"])
+def test_other_values_give_what_pynetdicom_gives(value: object) -> None:
     assert pynetdicom_uids.set_uid(value, "AffectedSOPClassUID") == utils.set_uid(value, "AffectedSOPClassUID")
+
+
+def test_a_conformant_uid_in_ascii_bytes_is_remembered_like_its_text() -> None:
+    pynetdicom_uids.conformant_uid.cache_clear()
+    from_bytes = pynetdicom_uids.set_uid(CONFORMANT.encode("ascii"), "abstract_syntax")
+    assert from_bytes == CONFORMANT and from_bytes is pynetdicom_uids.set_uid(CONFORMANT, "abstract_syntax")
 
 
 def test_once_installed_primitives_and_presentation_contexts_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
