@@ -16,7 +16,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Engine, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.database import SQLITE_BEGIN, is_sqlite, sqlite_file
@@ -72,6 +72,14 @@ class _Prepared:
         return cursor
 
 
+def _one_value(cursor: Any) -> Any:
+    """The single value of the single row a cursor returned; LookupError when there is none."""
+    row = cursor.fetchone()
+    if row is None:
+        raise LookupError("expected one row, got none")
+    return row[0]
+
+
 class SqliteWriteTurns:
     """Receivers' instance transactions on one SQLite file take turns here before BEGIN IMMEDIATE:
     a thread lock within the process, then ``flock`` on ``path`` across processes.
@@ -117,10 +125,13 @@ class InstanceIndex:
     The statements of the per-instance path are Core statements built once with bound
     parameters and compiled once (:class:`_Prepared`). Through ``Connection.execute`` the three
     statements of an instance cost about as much CPU as everything else the receiver does for it,
-    and with four associations the receivers are CPU-bound. Once a series is known, its instances
-    are recorded on a DBAPI connection taken from the engine's pool (pre-ping and reset on return
-    as for any checkout) in a transaction begun and ended here (:meth:`_dbapi_transaction`),
-    without SQLAlchemy's Connection, begin event and statement execution around it.
+    and with four associations the receivers are CPU-bound. Instances are recorded on a DBAPI
+    connection taken from the engine's pool (pre-ping and reset on return as for any checkout) in
+    a transaction begun and ended here (:meth:`_dbapi_transaction`), without SQLAlchemy's
+    Connection, begin event and statement execution around it. The same goes for a series' first
+    instance in this process (study and series rows made or looked up) and for an association's
+    release: through ``Connection.execute`` those cost 2-3 ms of CPU each, paid per series and per
+    association, which is most of the work for a one-image study (radiographs).
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -166,6 +177,40 @@ class InstanceIndex:
             update(Series).where(Series.id == bindparam("sid"), Series.state != "complete").values(**bumped_values),
             engine.dialect,
         )
+        self._insert_study = _Prepared(
+            self._insert(Study)
+            .values(study_instance_uid=bindparam("study_uid"), first_received_at=bindparam("at"))
+            .on_conflict_do_nothing(index_elements=["study_instance_uid"]),
+            engine.dialect,
+        )
+        self._select_study = _Prepared(
+            select(Study.id).where(Study.study_instance_uid == bindparam("study_uid")), engine.dialect
+        )
+        self._insert_series = _Prepared(
+            self._insert(Series)
+            .values(
+                study_id=bindparam("study_id"),
+                series_instance_uid=bindparam("series_uid"),
+                modality=bindparam("modality"),
+                state="receiving",
+                generation=0,
+                instance_count=0,
+                first_received_at=bindparam("at"),
+                last_instance_at=bindparam("at"),
+                calling_ae_title=bindparam("ae"),
+                calling_host=bindparam("host"),
+            )
+            .on_conflict_do_nothing(index_elements=["series_instance_uid"]),
+            engine.dialect,
+        )
+        self._select_series = _Prepared(
+            select(Series.id).where(Series.series_instance_uid == bindparam("series_uid")), engine.dialect
+        )
+        self._mark_released = _Prepared(
+            update(Series).where(Series.id == bindparam("sid"), Series.state == "receiving")
+            .values(released_at=bindparam("at")),
+            engine.dialect,
+        )
         self._reopen_series = _Prepared(
             update(Series).where(Series.id == bindparam("sid"))
             .values(**bumped_values, generation=Series.generation + 1),
@@ -175,12 +220,11 @@ class InstanceIndex:
     def record(self, item: ReceivedInstance) -> RecordOutcome:
         """Index one instance whose file is already durable in the spool."""
         series_id = self._series_ids.get(item.series_instance_uid)
-        if series_id is not None:
-            with self._dbapi_transaction() as dbapi_connection:
+        with self._dbapi_transaction() as dbapi_connection:
+            if series_id is not None:
                 return self._record_instance(dbapi_connection, series_id, item)
-        with self._engine.begin() as conn:  # first instance of the series in this process
-            series_id = self._ensure_series(conn, item)
-            outcome = self._record_instance(conn.connection.dbapi_connection, series_id, item)
+            series_id = self._ensure_series(dbapi_connection, item)  # first instance of the series here
+            outcome = self._record_instance(dbapi_connection, series_id, item)
         self._series_ids[item.series_instance_uid] = series_id  # only once its rows are committed
         return outcome
 
@@ -238,45 +282,24 @@ class InstanceIndex:
             self._reopen_series.execute(dbapi_connection, bump)
         return RecordOutcome(series_id=series_id, is_new_instance=True, reopened=reopened)
 
-    def _ensure_series(self, conn: Connection, item: ReceivedInstance) -> int:
-        conn.execute(
-            self._insert(Study)
-            .values(study_instance_uid=item.study_instance_uid, first_received_at=item.received_at)
-            .on_conflict_do_nothing(index_elements=["study_instance_uid"])
-        )
-        study_id = conn.execute(
-            select(Study.id).where(Study.study_instance_uid == item.study_instance_uid)
-        ).scalar_one()
-        conn.execute(
-            self._insert(Series)
-            .values(
-                study_id=study_id,
-                series_instance_uid=item.series_instance_uid,
-                modality=item.modality[:16],
-                state="receiving",
-                generation=0,
-                instance_count=0,
-                first_received_at=item.received_at,
-                last_instance_at=item.received_at,
-                calling_ae_title=item.calling_ae_title,
-                calling_host=item.calling_host,
-            )
-            .on_conflict_do_nothing(index_elements=["series_instance_uid"])
-        )
-        return conn.execute(
-            select(Series.id).where(Series.series_instance_uid == item.series_instance_uid)
-        ).scalar_one()
+    def _ensure_series(self, dbapi_connection: Any, item: ReceivedInstance) -> int:
+        """The id of the instance's series, made (with its study) when this is its first instance
+        anywhere; in the caller's transaction."""
+        self._insert_study.execute(dbapi_connection, {"study_uid": item.study_instance_uid, "at": item.received_at})
+        study_id = _one_value(self._select_study.execute(dbapi_connection, {"study_uid": item.study_instance_uid}))
+        self._insert_series.execute(dbapi_connection, {
+            "study_id": study_id, "series_uid": item.series_instance_uid, "modality": item.modality[:16],
+            "at": item.received_at, "ae": item.calling_ae_title, "host": item.calling_host,
+        })
+        return _one_value(self._select_series.execute(dbapi_connection, {"series_uid": item.series_instance_uid}))
 
     def mark_released(self, series_ids: set[int], released_at: float) -> None:
         """Note that the association that sent these series was released (starts the grace period)."""
         if not series_ids:
             return
-        with self._engine.begin() as conn:
-            conn.execute(
-                update(Series)
-                .where(Series.id.in_(series_ids), Series.state == "receiving")
-                .values(released_at=released_at)
-            )
+        with self._dbapi_transaction() as dbapi_connection:
+            for series_id in sorted(series_ids):
+                self._mark_released.execute(dbapi_connection, {"sid": series_id, "at": released_at})
 
     def known_instance_paths(self) -> set[str]:
         """Relative paths of every indexed instance (used by the start-up reconciliation)."""
