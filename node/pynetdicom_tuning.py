@@ -121,9 +121,9 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
+from node import pynetdicom_uids
 from node.cstore_request import command_values, store_request_primitive
 from node.cstore_response import encode_c_store_response, encode_command_pdu
-from node import pynetdicom_uids
 from node.file_meta import file_header
 from node.limits import count_direct_dataset_bytes, pdu_length_limit
 from node.received_file import FileBufferPool, ReceivedFileBuffer
@@ -418,9 +418,12 @@ def _file_header_of(message: Any, assoc: Any) -> bytes | None:
     if context is None or not context.transfer_syntax:
         return None
     values = command_values(message.encoded_command_set.getbuffer())
-    if values is None or not values.get("AffectedSOPClassUID") or not values.get("AffectedSOPInstanceUID"):
+    if values is None:
         return None
-    return file_header(values["AffectedSOPClassUID"], values["AffectedSOPInstanceUID"], str(context.transfer_syntax[0]))
+    sop_class, sop_instance = values.get("AffectedSOPClassUID"), values.get("AffectedSOPInstanceUID")
+    if not sop_class or not sop_instance:
+        return None
+    return file_header(sop_class, sop_instance, str(context.transfer_syntax[0]))
 
 
 def _serve_queued_store(assoc: Any) -> bool:

@@ -14,10 +14,10 @@ Why
 
 What
   :func:`set_uid` is ``set_uid`` as pynetdicom's modules see it. A non-empty ``str`` or ``UID``
-  value, or ASCII ``bytes`` (as PDU items carry them), that is conformant (PS3.5 9.1: at most 64 characters, digits in components without
-  leading zeros, separated by dots) is answered from a bounded LRU cache of the ``UID`` made and
-  checked for it the first time; a conformant UID passes every one of pynetdicom's checks without
-  a warning, so only repeated work is skipped. Anything else (None, bytes, empty, a
+  value, or ASCII ``bytes`` (as PDU items carry them), that is conformant (PS3.5 9.1: at most 64
+  characters, digits in components without leading zeros, separated by dots) is answered from a
+  bounded LRU cache of the ``UID`` made and checked for it the first time; a conformant UID
+  passes every one of pynetdicom's checks without a warning, so only repeated work is skipped. Anything else (None, bytes, empty, a
   non-conformant or invalid value) goes through pynetdicom's own ``set_uid``, with its errors and
   warnings as before. The cache holds :data:`CACHED_UIDS` values; a C-STORE's instance UID is
   checked once and found again for its response.

@@ -461,15 +461,20 @@ def test_c_store_requests_on_the_direct_path_are_read_from_their_command_set(
 @pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
 @pytest.mark.parametrize("scp_file_buffers", [FileBufferPool()])
 def test_with_file_buffers_each_dataset_arrives_as_one_aligned_file_in_a_reused_buffer(
-    tuned_scp, scp_file_buffers: FileBufferPool, scp_whole_files: list[bool], tmp_path: Path, size: int,  # type: ignore[no-untyped-def]
-    monkeypatch: pytest.MonkeyPatch
+    tuned_scp, scp_file_buffers: FileBufferPool, scp_whole_files: list[bool],  # type: ignore[no-untyped-def]
+    tmp_path: Path, size: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, received, _ = tuned_scp
     files = write_series(tmp_path / "s", 4, size=size, seed=23)
     received_directly = _count_method_calls(monkeypatch, ReceivedFileBuffer, "receive")
     copied_bytes: list[int] = []
     write = ReceivedFileBuffer.write
-    monkeypatch.setattr(ReceivedFileBuffer, "write", lambda self, data: copied_bytes.append(write(self, data)) or copied_bytes[-1])
+
+    def counted_write(self: ReceivedFileBuffer, data: bytes) -> int:
+        copied_bytes.append(write(self, data))
+        return copied_bytes[-1]
+
+    monkeypatch.setattr(ReceivedFileBuffer, "write", counted_write)
 
     assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
     assert scp_whole_files == [True] * len(files)
