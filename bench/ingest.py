@@ -20,7 +20,9 @@ What is measured
     It shows what each receiver costs the machine, and it varies far less than the time when the
     VM's disk or CPU slows down for minutes at a time. Beside it, the disk cache flushes per image
     that the data disk completed during the run (its /sys stat counter): what durability costs
-    each receiver, on a disk where each flush waits for the device.
+    each receiver, on a disk where each flush waits for the device. And the share of the
+    machine's CPU time left idle during the run (/proc/stat): near 0% means the cores are the
+    limit; more means the senders and the receiver are waiting, e.g. for the disk.
   * C-STORE response latency at radnode while a CPU-heavy process runs (a 1-thread torch matmul
     loop, the kind of work a pipeline worker does), and without it for comparison. The latency is
     measured by a pynetdicom SCU in this script: wall time of each ``send_c_store`` call, i.e. from
@@ -190,6 +192,13 @@ def disk_flushes(path: Path) -> int | None:
     except OSError:
         return None
     return int(fields[15]) if len(fields) > 15 else None
+
+
+def machine_cpu_ticks() -> tuple[int, int]:
+    """Idle (idle + iowait) and total clock ticks of all CPUs so far (the first line of /proc/stat;
+    guest time is already inside user and nice)."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return fields[3] + fields[4], sum(fields)
 
 
 def children_cpu_seconds() -> float:
@@ -404,6 +413,7 @@ def main() -> int:
     results: dict[tuple[str, int], list[float]] = {}
     cpu: dict[tuple[str, int], list[tuple[float, float]]] = {}  # (receiver, senders) CPU seconds per run
     flushes: dict[tuple[str, int], list[int]] = {}  # disk flush requests per run, whoever issued them
+    idle: dict[tuple[str, int], list[float]] = {}  # share of the machine's CPU time left idle per run
     with ExitStack() as cleanup:
         if not args.keep:
             cleanup.callback(shutil.rmtree, root, True)
@@ -434,7 +444,11 @@ def main() -> int:
                         assert receiver.process is not None
                         cpu_before = (tree_cpu_seconds(receiver.process.pid), children_cpu_seconds())
                         flushes_before = disk_flushes(receiver.workdir)
+                        ticks_before = machine_cpu_ticks()
                         seconds = send_with_storescu(receiver.port, aet, split)
+                        ticks_after = machine_cpu_ticks()
+                        idle.setdefault((name, associations), []).append(
+                            (ticks_after[0] - ticks_before[0]) / max(1, ticks_after[1] - ticks_before[1]))
                         cpu_used = (tree_cpu_seconds(receiver.process.pid) - cpu_before[0],
                                     children_cpu_seconds() - cpu_before[1])
                         flushes_after = disk_flushes(receiver.workdir)
@@ -471,7 +485,7 @@ def main() -> int:
                     receiver.stop()
                 latency_rows.append((label, latencies))
 
-    print_table(results, cpu, flushes, association_counts, names, args, receivers_count, latency_rows)
+    print_table(results, cpu, flushes, idle, association_counts, names, args, receivers_count, latency_rows)
     if args.keep:
         print(f"\nkept {root}")
     return 0
@@ -481,15 +495,16 @@ def _split(files: list[Path], parts: int) -> list[list[Path]]:
     return [files[i::parts] for i in range(parts)]
 
 
-def print_table(results, cpu, flushes, association_counts, names, args, receivers_count, latency_rows) -> None:  # type: ignore[no-untyped-def]
+def print_table(results, cpu, flushes, idle, association_counts, names, args, receivers_count, latency_rows) -> None:  # type: ignore[no-untyped-def]
     print()
     print(f"Ingest of {args.images} x 512 KB CT images (storescu, TCP_NODELAY=1), median of {args.repeats}; "
           f"radnode receivers = {receivers_count}")
     print("CPU ms/image: CPU time (user + system) per image of the receiver's processes and of the "
           "storescu senders during the run; flushes/image: disk cache flushes the data disk completed "
-          "during the run, per image (fsync and commits of anyone on the machine); medians of the runs")
+          "during the run, per image (fsync and commits of anyone on the machine); idle: share of all "
+          "CPUs' time nobody used during the run (/proc/stat idle + iowait); medians of the runs")
     print(f"{'associations':<13}{'receiver':<10}{'median s':>9}{'images/s':>10}{'min s':>8}{'max s':>8}"
-          f"{'CPU ms/image':>14}{'storescu':>10}{'flushes/image':>15}")
+          f"{'CPU ms/image':>14}{'storescu':>10}{'flushes/image':>15}{'idle':>7}")
     for associations in association_counts:
         for name in names:
             values = results[(name, associations)]
@@ -498,8 +513,9 @@ def print_table(results, cpu, flushes, association_counts, names, args, receiver
             sender_cpu = statistics.median(used[1] for used in cpu[(name, associations)]) * 1e3 / args.images
             counted = flushes.get((name, associations))
             flush_text = f"{statistics.median(counted) / args.images:15.2f}" if counted else f"{'n/a':>15}"
+            idle_text = f"{statistics.median(idle[(name, associations)]) * 100:6.0f}%"
             print(f"{associations:<13}{name:<10}{median:9.3f}{args.images / median:10.0f}"
-                  f"{min(values):8.3f}{max(values):8.3f}{receiver_cpu:14.2f}{sender_cpu:10.2f}{flush_text}")
+                  f"{min(values):8.3f}{max(values):8.3f}{receiver_cpu:14.2f}{sender_cpu:10.2f}{flush_text}{idle_text}")
     if "radnode" in names:
         # The medians are the result. On a shared VM, whose disk and CPU slow down for seconds at a
         # time, the fastest runs are shown beside them (as timeit's best-of): what each receiver does
