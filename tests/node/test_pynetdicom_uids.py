@@ -35,18 +35,20 @@ def test_a_conformant_uid_is_the_uid_pynetdicom_makes_and_is_checked_once(monkey
 
 @pytest.mark.parametrize("value", ["1.2.03.4", "1.2.3.", "1.2.x.4"])
 def test_a_non_conformant_uid_still_gets_pynetdicoms_warning(value: str, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
-        result = pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"), pytest.warns(UserWarning, match="for VR UI"):
+        result = pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")  # pydicom's warning too
     assert result == value
     assert "Non-conformant 'AffectedSOPInstanceUID'" in caplog.text
 
 
 @pytest.mark.parametrize("value", ["1." + "2" * 70, "2" * 65])
 def test_an_invalid_uid_is_still_refused_with_pynetdicoms_error(value: str) -> None:
-    with pytest.raises(ValueError, match="Invalid 'AffectedSOPInstanceUID' value"):
+    with pytest.raises(ValueError, match="Invalid 'AffectedSOPInstanceUID' value"), \
+            pytest.warns(UserWarning, match="maximum length of 64 allowed for VR UI"):
         pynetdicom_uids.set_uid(value, "AffectedSOPInstanceUID")
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom's, for both calls
 @pytest.mark.parametrize("value", [None, "", b"", b"1.2.3", b"1.2.03", "1.2.3\x00"])
 def test_other_values_give_what_pynetdicom_gives(value: object) -> None:
     assert pynetdicom_uids.set_uid(value, "AffectedSOPClassUID") == utils.set_uid(value, "AffectedSOPClassUID")
