@@ -100,10 +100,7 @@ class ReceivedFileBuffer:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         """Append a dataset fragment; return its length in bytes."""
         with memoryview(data) as view, view.cast("B") as fragment:
-            buffer = self._buffer if self._buffer is not None else self._start()
-            end = self._end + len(fragment)
-            if end > len(buffer):
-                buffer.resize(_rounded_to_block(max(end, 2 * len(buffer))))  # mremap: no copy
+            buffer, end = self._room_for(len(fragment))
             buffer[self._end:end] = fragment
             self._end = end
             return len(fragment)
@@ -112,10 +109,7 @@ class ReceivedFileBuffer:
         """Append a dataset fragment of ``length`` bytes read by ``recv_into`` (a socket's) straight
         into the buffer, without an intermediate copy; return how many bytes arrived (fewer only
         when ``recv_into`` returned 0: the peer closed the connection)."""
-        buffer = self._buffer if self._buffer is not None else self._start()
-        end = self._end + length
-        if end > len(buffer):
-            buffer.resize(_rounded_to_block(max(end, 2 * len(buffer))))
+        buffer, end = self._room_for(length)
         start = self._end
         with memoryview(buffer) as whole:
             while self._end < end:
@@ -125,6 +119,15 @@ class ReceivedFileBuffer:
                     break
                 self._end += received
         return self._end - start
+
+    def _room_for(self, length: int) -> tuple[mmap.mmap, int]:
+        """The buffer (taken at the first fragment, grown with mremap when needed: no copy) with
+        room for ``length`` more bytes, and where they end."""
+        buffer = self._buffer if self._buffer is not None else self._start()
+        end = self._end + length
+        if end > len(buffer):
+            buffer.resize(_rounded_to_block(max(end, 2 * len(buffer))))
+        return buffer, end
 
     def _start(self) -> mmap.mmap:
         if self._released:
