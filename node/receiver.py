@@ -24,7 +24,7 @@ from pynetdicom.events import Event
 from node import metrics
 from node.audit import AuditLog
 from node.dicom_header import IDENTITY_TAGS, InstanceIdentity, identity_from_checked
-from node.file_meta import file_header
+from node.file_meta import encode_file, file_header
 from node.limits import DatasetLimits, DatasetRefused, check_dataset, take_refusal
 from node.received_file import ReceivedFileBuffer
 from storage.database import is_out_of_space
@@ -57,15 +57,15 @@ def received_file(event: Event) -> bytes | memoryview:
     page-aligned buffer it was assembled in, behind this same header (node/received_file.py), or
     else header and dataset joined into a new ``bytes``."""
     request = event.request
-    header = file_header(str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
-                         str(event.context.transfer_syntax))
+    uids = (str(request.AffectedSOPClassUID or ""), str(request.AffectedSOPInstanceUID or ""),
+            str(event.context.transfer_syntax))
     dataset = request.DataSet
     if isinstance(dataset, ReceivedFileBuffer):
-        whole_file = dataset.file_view(header)
+        whole_file = dataset.file_view(file_header(*uids))
         if whole_file is not None:
             return whole_file
     with dataset.getbuffer() as encoded:
-        return b"".join((header, encoded))
+        return encode_file(*uids, encoded)
 
 
 def release_received_dataset(event: Event) -> None:
