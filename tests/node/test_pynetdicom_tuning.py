@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -589,6 +590,85 @@ def test_read_exactly_keeps_the_sockets_timeout() -> None:
         near.close()
         far.close()
 
+
+
+def _counting_readv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Replace os.readv by a wrapper that records each call's descriptor."""
+    calls: list[int] = []
+    real_readv = os.readv
+
+    def readv(fd: int, buffers: Any) -> int:
+        calls.append(fd)
+        return real_readv(fd, buffers)
+
+    monkeypatch.setattr(os, "readv", readv)
+    return calls
+
+
+def test_receive_into_reads_waiting_bytes_with_one_readv(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(5)
+        far.sendall(b"abcdef")
+        time.sleep(0.05)
+        calls = _counting_readv(monkeypatch)
+        buffer = bytearray(10)
+        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 6
+        assert bytes(buffer[:6]) == b"abcdef"
+        assert calls == [near.fileno()]
+    finally:
+        near.close()
+        far.close()
+
+
+def test_receive_into_waits_for_late_bytes_and_keeps_the_sockets_timeout() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(2)
+        later = threading.Timer(0.2, far.sendall, args=(b"xyz",))
+        later.start()
+        buffer = bytearray(3)
+        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 3  # nothing waited at first
+        assert bytes(buffer) == b"xyz"
+        later.join()
+        near.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            pynetdicom_tuning.receive_into(near, memoryview(buffer))
+    finally:
+        near.close()
+        far.close()
+
+
+def test_receive_into_returns_0_once_the_peer_closed() -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(2)
+        far.close()
+        assert pynetdicom_tuning.receive_into(near, memoryview(bytearray(4))) == 0
+    finally:
+        near.close()
+
+
+def test_receive_into_leaves_a_socket_without_timeout_to_recv_into(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    near, far = socket.socketpair()
+    try:
+        near.settimeout(None)  # blocking: no poll() to save, and a readv could not time out
+        far.sendall(b"ab")
+        calls = _counting_readv(monkeypatch)
+        buffer = bytearray(2)
+        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 2
+        assert bytes(buffer) == b"ab" and calls == []
+    finally:
+        near.close()
+        far.close()
 
 
 @pytest.mark.parametrize("scp_store_delay_s", [1.5])
