@@ -214,3 +214,47 @@ def test_a_receivers_instance_transaction_waits_for_its_turn_on_a_sqlite_file(tm
     writer.join(timeout=30)
     assert recorded.is_set()
     engine.dispose()
+
+
+def test_a_processs_instance_transactions_on_a_sqlite_file_share_one_held_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    from storage.database import create_database_engine
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'radnode.sqlite3'}")
+    migrate(engine)
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: checkouts.append(id(dbapi_connection)))
+    index = InstanceIndex(engine)
+    threads = [threading.Thread(target=lambda n=n: [index.record(_instance(f"1.2.3.{n}.{k}")) for k in range(20)])
+               for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    index.mark_released({1}, 2000.0)
+    assert len(checkouts) == 1  # two association threads, 41 transactions, one connection
+    with engine.connect() as conn:
+        assert conn.execute(select(Series.instance_count)).scalar_one() == 40
+    engine.dispose()
+
+
+def test_a_failed_transaction_on_the_held_sqlite_connection_is_rolled_back_and_the_connection_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import event
+
+    from storage.database import create_database_engine
+
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'radnode.sqlite3'}")
+    migrate(engine)
+    checkouts: list[int] = []
+    event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: checkouts.append(id(dbapi_connection)))
+    index = InstanceIndex(engine)
+    index.record(_instance("1.2.3.3"))
+    broken = dataclasses.replace(_instance("1.2.3.4"), relative_path=None)  # type: ignore[arg-type]
+    with pytest.raises(sqlite3.IntegrityError):
+        index.record(broken)
+    assert index.record(_instance("1.2.3.5")).is_new_instance  # no transaction left open by the failure
+    assert len(checkouts) == 1
+    with engine.connect() as conn:
+        assert sorted(conn.execute(select(Instance.sop_instance_uid)).scalars()) == ["1.2.3.3", "1.2.3.5"]
+    engine.dispose()
