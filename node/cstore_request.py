@@ -68,6 +68,35 @@ def command_values(encoded: bytes | memoryview) -> dict[str, Any] | None:
     return values
 
 
+_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE = 0x0100, 0x0800
+C_STORE_RQ_FIELD = 0x0001  # Command Field of a C-STORE-RQ (PS3.7 Table 9.3-1)
+NO_DATA_SET = 0x0101  # Command Data Set Type: no data set follows (PS3.7 Table E.1-1)
+
+
+def command_field_and_data_set_type(encoded: bytes | memoryview) -> tuple[int, int] | None:
+    """The Command Field and Command Data Set Type of an encoded command set: the two values
+    pynetdicom's decoder reads to type a message and to know whether a data set follows; None
+    when either is missing or not a 2-byte value, or an element is truncated."""
+    data = memoryview(encoded)
+    found: dict[int, int] = {}
+    offset, end = 0, len(data)
+    while offset < end:
+        if offset + 8 > end:
+            return None
+        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
+        offset += 8
+        if offset + length > end:
+            return None
+        if group == 0x0000 and element in (_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE):
+            if length != 2:
+                return None
+            found[element] = int.from_bytes(data[offset:offset + 2], "little")
+        offset += length
+    if len(found) != 2:
+        return None
+    return found[_COMMAND_FIELD], found[_COMMAND_DATA_SET_TYPE]
+
+
 def store_request_primitive(message: Any) -> C_STORE | None:
     """The C_STORE primitive of a completely received C-STORE-RQ ``message`` (a pynetdicom
     DIMSEMessage), or None when :func:`command_values` cannot read its command set or the message

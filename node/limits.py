@@ -43,6 +43,8 @@ from typing import Any, Callable
 
 from pydicom.datadict import dictionary_VR
 
+from node.cstore_request import command_values
+
 log = logging.getLogger("radnode.receiver")
 
 MIN_PDU_GUARD = 256 * 1024  # A-ASSOCIATE-RQ/AC PDUs are not bounded by Maximum Length; allow this much
@@ -214,11 +216,12 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
             kept.append([context_id, data])
         if changed:  # pynetdicom's setter takes bytes only; the tuned path hands in memoryviews
             primitive.presentation_data_value_list = [[context_id, bytes(data)] for context_id, data in kept]
+        # DIMSE empties the encoded command set once the message is complete
+        encoded_command = message.encoded_command_set.getvalue() if tally.over else b""
         original(primitive)
         if dimse.message is not message:  # the message is complete
             if tally.over:
-                command_set = getattr(message, "command_set", None)
-                message_id = getattr(command_set, "MessageID", None)
+                message_id = _message_id(message, encoded_command)
                 if message_id is not None:
                     refusals[int(message_id)] = DatasetRefused(
                         DATASET_TOO_LARGE, f"dataset of {tally.dataset} bytes is above the limit of {max_dataset}"
@@ -226,6 +229,17 @@ def _guard_dimse(assoc: Any, max_dataset: int, refusals: dict[int, DatasetRefuse
             tally.command, tally.dataset, tally.over = 0, 0, False
 
     dimse.receive_primitive = receive_primitive
+
+
+def _message_id(message: Any, encoded_command: bytes) -> int | None:
+    """The Message ID of a complete DIMSE message: from its decoded command set, or, for a
+    C-STORE-RQ typed without decoding it (node/pynetdicom_tuning.py), from ``encoded_command``,
+    its command set as encoded."""
+    command_set = getattr(message, "command_set", None)
+    if command_set is not None:
+        return getattr(command_set, "MessageID", None)
+    values = command_values(encoded_command)
+    return None if values is None else values.get("MessageID")
 
 
 # -- once received (C-STORE handler) -------------------------------------------------------------

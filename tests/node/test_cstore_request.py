@@ -12,7 +12,7 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 
-from node.cstore_request import command_values, store_request_primitive
+from node.cstore_request import command_field_and_data_set_type, command_values, store_request_primitive
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 ATTRIBUTES = ("MessageID", "Priority", "AffectedSOPClassUID", "AffectedSOPInstanceUID",
@@ -126,3 +126,30 @@ def test_a_non_conformant_uid_is_kept_as_pynetdicom_keeps_it() -> None:
     direct = store_request_primitive(_received(_request(), command_set))
     assert direct is not None
     assert direct.AffectedSOPInstanceUID == expected.AffectedSOPInstanceUID == "1.2.x.4"
+
+
+@pytest.mark.parametrize("request_primitive", [_request(), _request(move_originator=("PACS_MOVE", 41))],
+                         ids=["plain", "move-originator"])
+def test_command_field_and_data_set_type_are_the_values_pydicom_decodes(request_primitive: C_STORE) -> None:
+    received = _received(request_primitive)
+    encoded = received.encoded_command_set.getvalue()
+    assert command_field_and_data_set_type(encoded) == (
+        received.command_set.CommandField, received.command_set.CommandDataSetType)
+
+
+def test_command_field_and_data_set_type_of_a_request_without_data_set() -> None:
+    echo = C_ECHO()
+    echo.MessageID = 5
+    echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+    encoded = _received(echo).encoded_command_set.getvalue()
+    assert command_field_and_data_set_type(encoded) == (0x0030, 0x0101)
+
+
+@pytest.mark.parametrize("command_set", [
+    _command_set((0x0100, b"\x01\x00")),  # no Command Data Set Type
+    _command_set((0x0100, b"\x01\x00\x00\x00"), (0x0800, b"\x01\x00")),  # a 4-byte Command Field
+    _command_set((0x0100, b"\x01\x00"), (0x0800, b"\x01\x00"))[:-1],  # truncated value
+    b"\x00\x00\x00\x01",  # truncated element header
+], ids=["missing", "wrong-length", "truncated-value", "truncated-header"])
+def test_command_field_and_data_set_type_are_not_read_from_a_malformed_command_set(command_set: bytes) -> None:
+    assert command_field_and_data_set_type(command_set) is None

@@ -459,6 +459,49 @@ def test_c_store_requests_on_the_direct_path_are_read_from_their_command_set(
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
 
 
+def _count_command_set_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count pynetdicom's decodes of received command sets through pydicom (dimse_messages.decode);
+    each call records the Command Field it decoded."""
+    from pynetdicom import dimse_messages
+
+    fields: list[int] = []
+    original = dimse_messages.decode
+
+    def decode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        command_set = original(*args, **kwargs)
+        fields.append(int(command_set.CommandField))
+        return command_set
+
+    monkeypatch.setattr(dimse_messages, "decode", decode)
+    return fields
+
+
+def test_c_store_requests_on_the_direct_path_are_typed_without_decoding_their_command_set(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _ = tuned_scp
+    decoded = _count_command_set_decodes(monkeypatch)
+    files = write_series(tmp_path / "s", 4, size=128, seed=29)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert 0x0001 not in decoded  # no C-STORE-RQ command set went through pydicom
+    for path in files:
+        uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
+@pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_DIMSE_RECV, lambda event: None)]])
+def test_with_a_handler_bound_to_received_messages_the_command_set_is_decoded_for_it(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _ = tuned_scp
+    decoded = _count_command_set_decodes(monkeypatch)
+    files = write_series(tmp_path / "s", 3, size=128, seed=31)
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert decoded.count(0x0001) == len(files) and len(received) == len(files)
+
+
 @pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
 @pytest.mark.parametrize("scp_file_buffers", [FileBufferPool()])
 def test_with_file_buffers_each_dataset_arrives_as_one_aligned_file_in_a_reused_buffer(
