@@ -63,6 +63,8 @@ def test_a_conformant_uid_in_ascii_bytes_is_remembered_like_its_text() -> None:
 def test_once_installed_primitives_and_presentation_contexts_use_it(monkeypatch: pytest.MonkeyPatch) -> None:
     for module in (dimse_primitives, presentation, pynetdicom_uids.pdu_items, pynetdicom_uids.pdu_primitives):
         monkeypatch.setattr(module, "set_uid", utils.set_uid)  # restored after the test
+    monkeypatch.setattr(presentation.PresentationContext, "add_transfer_syntax",
+                        pynetdicom_uids._original_add_transfer_syntax)
     pynetdicom_uids.install()
     pynetdicom_uids.conformant_uid.cache_clear()
 
@@ -74,3 +76,39 @@ def test_once_installed_primitives_and_presentation_contexts_use_it(monkeypatch:
     assert pynetdicom_uids.is_installed()
     assert response.AffectedSOPInstanceUID is request.AffectedSOPInstanceUID
     assert pynetdicom_uids.conformant_uid.cache_info().hits >= 1
+
+
+
+def _contexts_given(*syntaxes: object) -> tuple[presentation.PresentationContext, presentation.PresentationContext]:
+    """A context given ``syntaxes`` by pynetdicom's own method, and one given them by the memo."""
+    theirs, ours = presentation.PresentationContext(), presentation.PresentationContext()
+    for syntax in syntaxes:
+        pynetdicom_uids._original_add_transfer_syntax(theirs, syntax)
+        pynetdicom_uids.add_transfer_syntax(ours, syntax)
+    return theirs, ours
+
+
+def test_transfer_syntaxes_are_added_as_pynetdicom_adds_them_and_checked_once() -> None:
+    pynetdicom_uids.quiet_transfer_syntax.cache_clear()
+    explicit, implicit, private = "1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.826.0.1.3680043.8.498.1"
+    theirs, ours = _contexts_given(explicit, UID(implicit), explicit.encode("ascii"), private, explicit)
+
+    assert ours.transfer_syntax == theirs.transfer_syntax == [explicit, implicit, private]
+    assert all(isinstance(syntax, UID) for syntax in ours.transfer_syntax)
+    assert pynetdicom_uids.quiet_transfer_syntax.cache_info().hits == 2  # the bytes and the repeated explicit
+
+
+def test_a_uid_that_is_no_transfer_syntax_still_gets_pynetdicoms_warning(caplog: pytest.LogCaptureFixture) -> None:
+    ct_image_storage = "1.2.840.10008.5.1.4.1.1.2"
+    with caplog.at_level(logging.WARNING, logger="pynetdicom"):
+        theirs, ours = _contexts_given(ct_image_storage)
+    assert ours.transfer_syntax == theirs.transfer_syntax == [ct_image_storage]
+    assert caplog.text.count("that is not a transfer syntax") == 2  # pynetdicom's, and again through the memo
+
+
+def test_an_invalid_transfer_syntax_is_still_refused_with_pynetdicoms_error() -> None:
+    context = presentation.PresentationContext()
+    with pytest.raises(ValueError, match="'transfer_syntax' contains an invalid UID"), \
+            pytest.warns(UserWarning, match="maximum length of 64 allowed for VR UI"):
+        pynetdicom_uids.add_transfer_syntax(context, "1." + "2" * 70)
+    assert context.transfer_syntax == []
