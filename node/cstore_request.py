@@ -35,26 +35,40 @@ _APPLICATION_ENTITY = {0x1030: "MoveOriginatorApplicationEntityTitle"}
 _NOT_ON_THE_PRIMITIVE = frozenset({0x0000, 0x0100, 0x0800})
 
 
-def command_values(encoded: bytes | memoryview) -> dict[str, Any] | None:
-    """The C_STORE attribute values of an encoded C-STORE-RQ command set, as pydicom would
-    convert them (US: int; UI: text without trailing NULs and spaces; AE: text without leading and
-    trailing whitespace); None when it holds anything else: an element outside Table 9.3-1, a
-    group other than 0000, an empty, multi-valued or odd-sized value, or a truncated element."""
+def _command_elements(encoded: bytes | memoryview) -> list[tuple[int, int, memoryview]] | None:
+    """The (group, element, value) of each element of an encoded command set, in order; None when
+    an element's header or value is truncated."""
     data = memoryview(encoded)
-    values: dict[str, Any] = {}
+    elements: list[tuple[int, int, memoryview]] = []
     offset, end = 0, len(data)
     while offset < end:
         if offset + 8 > end:
             return None
         group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
         offset += 8
-        value = bytes(data[offset : offset + length])
+        if offset + length > end:
+            return None
+        elements.append((group, element, data[offset : offset + length]))
         offset += length
-        if group != 0x0000 or len(value) != length or length == 0:
+    return elements
+
+
+def command_values(encoded: bytes | memoryview) -> dict[str, Any] | None:
+    """The C_STORE attribute values of an encoded C-STORE-RQ command set, as pydicom would
+    convert them (US: int; UI: text without trailing NULs and spaces; AE: text without leading and
+    trailing whitespace); None when it holds anything else: an element outside Table 9.3-1, a
+    group other than 0000, an empty, multi-valued or odd-sized value, or a truncated element."""
+    elements = _command_elements(encoded)
+    if elements is None:
+        return None
+    values: dict[str, Any] = {}
+    for group, element, view in elements:
+        if group != 0x0000 or len(view) == 0:
             return None
         if element in _NOT_ON_THE_PRIMITIVE:
             continue
-        if element in _UNSIGNED_SHORT and length == 2:
+        value = bytes(view)
+        if element in _UNSIGNED_SHORT and len(value) == 2:
             values[_UNSIGNED_SHORT[element]] = int.from_bytes(value, "little")
             continue
         if b"\\" in value:  # more than one value: pynetdicom would warn and keep the first
@@ -77,24 +91,15 @@ def command_field_and_data_set_type(encoded: bytes | memoryview) -> tuple[int, i
     """The Command Field and Command Data Set Type of an encoded command set: the two values
     pynetdicom's decoder reads to type a message and to know whether a data set follows; None
     when either is missing or not a 2-byte value, or an element is truncated."""
-    data = memoryview(encoded)
-    found: dict[int, int] = {}
-    offset, end = 0, len(data)
-    while offset < end:
-        if offset + 8 > end:
-            return None
-        group, element, length = _ELEMENT_HEADER.unpack_from(data, offset)
-        offset += 8
-        if offset + length > end:
-            return None
-        if group == 0x0000 and element in (_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE):
-            if length != 2:
-                return None
-            found[element] = int.from_bytes(data[offset:offset + 2], "little")
-        offset += length
-    if len(found) != 2:
+    elements = _command_elements(encoded)
+    if elements is None:
         return None
-    return found[_COMMAND_FIELD], found[_COMMAND_DATA_SET_TYPE]
+    found = {element: view for group, element, view in elements
+             if group == 0x0000 and element in (_COMMAND_FIELD, _COMMAND_DATA_SET_TYPE)}
+    if len(found) != 2 or any(len(view) != 2 for view in found.values()):
+        return None
+    return (int.from_bytes(found[_COMMAND_FIELD], "little"),
+            int.from_bytes(found[_COMMAND_DATA_SET_TYPE], "little"))
 
 
 def store_request_primitive(message: Any) -> C_STORE | None:

@@ -40,7 +40,9 @@ acceptor associations only)
     appended to a ``bytearray``: 128 system calls and copies for one 512 KB fragment, about 2 ms
     per image. It becomes :func:`read_exactly`: one buffer of ``n`` bytes filled in place by
     ``recv_into`` with as much as the kernel holds per call; same result, same blocking and
-    timeout behaviour, same short buffer when the peer closes mid-PDU.
+    timeout behaviour, same short buffer when the peer closes mid-PDU. Each receive first tries
+    the bytes already waiting (:func:`receive_into`), without the poll() CPython makes before
+    every receive on a socket with a timeout.
   - A P-DATA-TF PDU that arrives while the association is established (state Sta6, nothing
     else waiting in the DUL's event queue) is handed to the DIMSE provider by the DUL thread as
     soon as it is read (:func:`_read_pdu`): its PDV items (PS3.8 9.3.5.1) are split directly from
@@ -58,7 +60,10 @@ acceptor associations only)
     pynetdicom's ``message_to_primitive`` converting every element through pydicom first: the
     same primitive, through the same validating setters, for about 0.25 ms less CPU per request
     (receivers' task-clock for 300 images on one association: 1.04-1.11 s against 1.10-1.18 s).
-    Any other message, or a command set it does not read, keeps pynetdicom's conversion.
+    Any other message, or a command set it does not read, keeps pynetdicom's conversion. Such a
+    request is also typed from its raw Command Field and Command Data Set Type once its command
+    set is complete (:func:`_completes_store_request_command`), instead of decoded through pydicom
+    for those two values, unless a handler is bound to ``EVT_DIMSE_RECV``.
   - A C-STORE request completed that way is served on the DUL thread itself
     (:func:`_serve_queued_store`: pynetdicom's ``Association._serve_request``, our handler,
     the response queued for the DUL) instead of being handed to the association thread and its

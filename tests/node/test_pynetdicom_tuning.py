@@ -4,9 +4,11 @@ stores every instance exactly as received, released and aborted associations inc
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -476,30 +478,22 @@ def _count_command_set_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return fields
 
 
-def test_c_store_requests_on_the_direct_path_are_typed_without_decoding_their_command_set(
-    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("scp_extra_handlers", "decoded_per_request"), [
+    ([], 0),  # typed from the raw Command Field and Command Data Set Type
+    ([(evt.EVT_DIMSE_RECV, lambda event: None)], 1),  # a listener may read the command set: decoded for it
+], ids=["no-listener", "dimse-recv-listener"])
+def test_a_c_store_requests_command_set_goes_through_pydicom_only_for_a_listener_to_received_messages(
+    tuned_scp, decoded_per_request: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
 ) -> None:
     port, received, _ = tuned_scp
     decoded = _count_command_set_decodes(monkeypatch)
     files = write_series(tmp_path / "s", 4, size=128, seed=29)
 
     assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
-    assert 0x0001 not in decoded  # no C-STORE-RQ command set went through pydicom
+    assert decoded.count(0x0001) == decoded_per_request * len(files)  # 0x0001: C-STORE-RQ
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
-
-
-@pytest.mark.parametrize("scp_extra_handlers", [[(evt.EVT_DIMSE_RECV, lambda event: None)]])
-def test_with_a_handler_bound_to_received_messages_the_command_set_is_decoded_for_it(
-    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
-) -> None:
-    port, received, _ = tuned_scp
-    decoded = _count_command_set_decodes(monkeypatch)
-    files = write_series(tmp_path / "s", 3, size=128, seed=31)
-
-    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
-    assert decoded.count(0x0001) == len(files) and len(received) == len(files)
 
 
 @pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
@@ -635,6 +629,14 @@ def test_read_exactly_keeps_the_sockets_timeout() -> None:
 
 
 
+@pytest.fixture
+def socket_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """Two connected sockets (``near`` is read by the code under test), closed afterwards."""
+    near, far = socket.socketpair()
+    with near, far:
+        yield near, far
+
+
 def _counting_readv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Replace os.readv by a wrapper that records each call's descriptor."""
     calls: list[int] = []
@@ -648,70 +650,53 @@ def _counting_readv(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def test_receive_into_reads_waiting_bytes_with_one_readv(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    near, far = socket.socketpair()
-    try:
-        near.settimeout(5)
-        far.sendall(b"abcdef")
-        time.sleep(0.05)
-        calls = _counting_readv(monkeypatch)
-        buffer = bytearray(10)
-        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 6
-        assert bytes(buffer[:6]) == b"abcdef"
-        assert calls == [near.fileno()]
-    finally:
-        near.close()
-        far.close()
+def test_receive_into_reads_waiting_bytes_with_one_readv(
+    socket_pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    near, far = socket_pair
+    near.settimeout(5)
+    far.sendall(b"abcdef")
+    time.sleep(0.05)
+    calls = _counting_readv(monkeypatch)
+    buffer = bytearray(10)
+    assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 6
+    assert bytes(buffer[:6]) == b"abcdef"
+    assert calls == [near.fileno()]
 
 
-def test_receive_into_waits_for_late_bytes_and_keeps_the_sockets_timeout() -> None:
-    import socket
-
-    near, far = socket.socketpair()
-    try:
-        near.settimeout(2)
-        later = threading.Timer(0.2, far.sendall, args=(b"xyz",))
-        later.start()
-        buffer = bytearray(3)
-        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 3  # nothing waited at first
-        assert bytes(buffer) == b"xyz"
-        later.join()
-        near.settimeout(0.2)
-        with pytest.raises(TimeoutError):
-            pynetdicom_tuning.receive_into(near, memoryview(buffer))
-    finally:
-        near.close()
-        far.close()
+def test_receive_into_waits_for_late_bytes_and_keeps_the_sockets_timeout(
+    socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    near, far = socket_pair
+    near.settimeout(2)
+    later = threading.Timer(0.2, far.sendall, args=(b"xyz",))
+    later.start()
+    buffer = bytearray(3)
+    assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 3  # nothing waited at first
+    assert bytes(buffer) == b"xyz"
+    later.join()
+    near.settimeout(0.2)
+    with pytest.raises(TimeoutError):
+        pynetdicom_tuning.receive_into(near, memoryview(buffer))
 
 
-def test_receive_into_returns_0_once_the_peer_closed() -> None:
-    import socket
-
-    near, far = socket.socketpair()
-    try:
-        near.settimeout(2)
-        far.close()
-        assert pynetdicom_tuning.receive_into(near, memoryview(bytearray(4))) == 0
-    finally:
-        near.close()
+def test_receive_into_returns_0_once_the_peer_closed(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    near, far = socket_pair
+    near.settimeout(2)
+    far.close()
+    assert pynetdicom_tuning.receive_into(near, memoryview(bytearray(4))) == 0
 
 
-def test_receive_into_leaves_a_socket_without_timeout_to_recv_into(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket
-
-    near, far = socket.socketpair()
-    try:
-        near.settimeout(None)  # blocking: no poll() to save, and a readv could not time out
-        far.sendall(b"ab")
-        calls = _counting_readv(monkeypatch)
-        buffer = bytearray(2)
-        assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 2
-        assert bytes(buffer) == b"ab" and calls == []
-    finally:
-        near.close()
-        far.close()
+def test_receive_into_leaves_a_socket_without_timeout_to_recv_into(
+    socket_pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    near, far = socket_pair
+    near.settimeout(None)  # blocking: no poll() to save, and a readv could not time out
+    far.sendall(b"ab")
+    calls = _counting_readv(monkeypatch)
+    buffer = bytearray(2)
+    assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 2
+    assert bytes(buffer) == b"ab" and calls == []
 
 
 @pytest.mark.parametrize("scp_store_delay_s", [1.5])

@@ -216,7 +216,8 @@ def test_a_receivers_instance_transaction_waits_for_its_turn_on_a_sqlite_file(tm
     engine.dispose()
 
 
-def test_a_processs_instance_transactions_on_a_sqlite_file_share_one_held_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_engine_counting_checkouts(tmp_path) -> tuple[Engine, list[int]]:  # type: ignore[no-untyped-def]
+    """A migrated engine on a SQLite file, and the list its pool's checkouts are recorded in."""
     from sqlalchemy import event
 
     from storage.database import create_database_engine
@@ -225,6 +226,11 @@ def test_a_processs_instance_transactions_on_a_sqlite_file_share_one_held_connec
     migrate(engine)
     checkouts: list[int] = []
     event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: checkouts.append(id(dbapi_connection)))
+    return engine, checkouts
+
+
+def test_a_processs_instance_transactions_on_a_sqlite_file_share_one_held_connection(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    engine, checkouts = _sqlite_engine_counting_checkouts(tmp_path)
     index = InstanceIndex(engine)
     threads = [threading.Thread(target=lambda n=n: [index.record(_instance(f"1.2.3.{n}.{k}")) for k in range(20)])
                for n in range(2)]
@@ -240,14 +246,7 @@ def test_a_processs_instance_transactions_on_a_sqlite_file_share_one_held_connec
 
 
 def test_a_failed_transaction_on_the_held_sqlite_connection_is_rolled_back_and_the_connection_kept(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from sqlalchemy import event
-
-    from storage.database import create_database_engine
-
-    engine = create_database_engine(f"sqlite:///{tmp_path / 'radnode.sqlite3'}")
-    migrate(engine)
-    checkouts: list[int] = []
-    event.listen(engine, "checkout", lambda dbapi_connection, record, proxy: checkouts.append(id(dbapi_connection)))
+    engine, checkouts = _sqlite_engine_counting_checkouts(tmp_path)
     index = InstanceIndex(engine)
     index.record(_instance("1.2.3.3"))
     broken = dataclasses.replace(_instance("1.2.3.4"), relative_path=None)  # type: ignore[arg-type]
