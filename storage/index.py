@@ -253,41 +253,42 @@ class InstanceIndex:
         row, one thread). A connection whose rollback fails is invalidated, and the next
         transaction checks out a new one."""
         pooled = self._held if self._held is not None else self._engine.raw_connection()
-        self._held = None  # held again only once this transaction has ended cleanly
+        self._held = None  # held again only once this transaction has ended
+        try:
+            with self._transaction_on(pooled) as dbapi_connection:
+                yield dbapi_connection
+        finally:
+            if pooled.is_valid:
+                self._held = pooled
+
+    @contextmanager
+    def _pooled_transaction(self) -> Iterator[Any]:
+        """The transaction of :meth:`_dbapi_transaction` on a connection checked out for it."""
+        pooled = self._engine.raw_connection()
+        try:
+            with self._transaction_on(pooled) as dbapi_connection:
+                yield dbapi_connection
+        finally:
+            pooled.close()
+
+    @contextmanager
+    def _transaction_on(self, pooled: Any) -> Iterator[Any]:
+        """A transaction on the DBAPI connection of ``pooled`` (begun explicitly on SQLite),
+        committed when the block ends, rolled back when it or the commit raises; ``pooled`` is
+        invalidated when the rollback fails too, so that it is neither held nor pooled again."""
         dbapi_connection = pooled.dbapi_connection
         try:
-            dbapi_connection.execute(SQLITE_BEGIN)
+            if self._begin_sql is not None:
+                dbapi_connection.execute(self._begin_sql)
             yield dbapi_connection
             dbapi_connection.commit()
         except BaseException:
             try:
                 dbapi_connection.rollback()
-            except Exception:  # a broken connection: neither held nor handed out again
+            except Exception:  # a broken connection
                 pooled.invalidate()
                 raise
-            self._held = pooled
             raise
-        self._held = pooled
-
-    @contextmanager
-    def _pooled_transaction(self) -> Iterator[Any]:
-        """The transaction of :meth:`_dbapi_transaction` once the turn is taken."""
-        pooled = self._engine.raw_connection()
-        try:
-            dbapi_connection = pooled.dbapi_connection
-            if self._begin_sql is not None:
-                dbapi_connection.execute(self._begin_sql)
-            try:
-                yield dbapi_connection
-            except BaseException:
-                try:
-                    dbapi_connection.rollback()
-                except Exception:  # a broken connection: the pool must not hand it out again
-                    pooled.invalidate()
-                raise
-            dbapi_connection.commit()
-        finally:
-            pooled.close()
 
     def _record_instance(self, dbapi_connection: Any, series_id: int, item: ReceivedInstance) -> RecordOutcome:
         inserted_row = self._insert_instance.execute(
