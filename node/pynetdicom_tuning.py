@@ -123,7 +123,6 @@ from pynetdicom import association as _association_module
 from pynetdicom import dul as _dul_module
 from pynetdicom import _config, evt
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
-from pynetdicom.dsutils import decode
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
@@ -436,10 +435,8 @@ def _message_converted_directly(assoc: Any) -> DIMSEMessage:
     def to_primitive() -> Any:
         del message.message_to_primitive, message.decode_msg  # used once: drop the closures' cycles
         primitive = store_request_primitive(message)
-        if primitive is not None:
+        if primitive is not None:  # always, for a request typed directly: typed only when readable
             return primitive
-        if message.command_set is None:  # typed directly, not decoded (cannot happen: typed only when readable)
-            message.command_set = decode(message.encoded_command_set, True, True)
         if isinstance(message.data_set, ReceivedFileBuffer):  # pynetdicom's primitives take a BytesIO only
             assembled = message.data_set
             message.data_set = BytesIO(assembled.getvalue())
@@ -464,11 +461,12 @@ def _completes_store_request_command(message: Any, primitive: Any) -> bool:
     *earlier, (context_id, last) = items
     if any(data[0] & 3 != 1 for _, data in earlier) or last[0] & 3 != 3:
         return False
-    encoded = message.encoded_command_set.getvalue() + b"".join(bytes(data[1:]) for _, data in items)
+    fragments = b"".join(bytes(data[1:]) for _, data in items)
+    encoded = message.encoded_command_set.getvalue() + fragments
     typed = command_field_and_data_set_type(encoded)
     if typed is None or typed[0] != C_STORE_RQ_FIELD or typed[1] == NO_DATA_SET or command_values(encoded) is None:
         return False
-    message.encoded_command_set.write(encoded[len(message.encoded_command_set.getvalue()):])
+    message.encoded_command_set.write(fragments)
     message.context_id = context_id
     message.__class__ = C_STORE_RQ
     message.command_set = None  # read directly when the request is complete (store_request_primitive)

@@ -51,15 +51,21 @@ def conformant_uid(value: str) -> UID | None:
     return uid
 
 
+def _uid_text(value: Any) -> str:
+    """``value`` as the plain text the memos are keyed by: a ``str`` or ``UID`` as ``str`` (the
+    cache would take a UID for another key), ASCII ``bytes`` decoded (what pynetdicom's
+    decode_bytes gives, without its fallbacks); "" for anything else."""
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, bytes) and value.isascii():
+        return value.decode("ascii")
+    return ""
+
+
 def set_uid(value: Any, name: str, allow_empty: bool = True, allow_none: bool = True,
             validate: bool = True) -> UID | None:
     """``pynetdicom.utils.set_uid`` (same arguments, same result), remembered for conformant UIDs."""
-    if isinstance(value, str):
-        text = str(value)  # a plain str: the cache would take a UID for another key
-    elif isinstance(value, bytes) and value.isascii():
-        text = value.decode("ascii")  # what pynetdicom's decode_bytes gives, without its fallbacks
-    else:
-        text = ""
+    text = _uid_text(value)
     if text:
         uid = conformant_uid(text)
         if uid is not None:
@@ -86,12 +92,7 @@ def add_transfer_syntax(self: presentation.PresentationContext, syntax: Any) -> 
     validator, two regex matches, a dictionary lookup) when it decodes the A-ASSOCIATE-RQ and
     when it builds the accepted contexts: py-spy (``--gil``) of 40 one-image associations found
     a quarter of the receiver's time there."""
-    if isinstance(syntax, str):
-        text = str(syntax)
-    elif isinstance(syntax, bytes) and syntax.isascii():
-        text = syntax.decode("ascii")
-    else:
-        text = ""
+    text = _uid_text(syntax)
     uid = quiet_transfer_syntax(text) if text else None
     if uid is None:
         _original_add_transfer_syntax(self, syntax)
