@@ -204,9 +204,8 @@ class StoreService:
         target = self._spool.path_for(
             identity.study_instance_uid, identity.series_instance_uid, identity.sop_instance_uid
         )
-        existed = target.absolute.exists()
         try:
-            self._spool.write(target, data)
+            existed = self._spool.write(target, data)
         except OSError as exc:
             log.error("refused SOP Instance %s: cannot write to the spool (%s)", requested_uid, exc.strerror)
             return OUT_OF_RESOURCES

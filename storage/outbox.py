@@ -35,6 +35,6 @@ class Outbox:
             folder = self.data_dir / f"outbox/{study}/{series}"
             make_folder_durably(folder)
             files.append((folder, f"{sop}.dcm", data))
-            written.append((SpoolPath(relative=relative, absolute=self.data_dir / relative), len(data)))
+            written.append((SpoolPath.under(self.data_dir, relative), len(data)))
         write_many_atomically(files)
         return written

@@ -1,9 +1,20 @@
 """The file store: ``spool/<study>/<series>/<sop>.dcm`` under data_dir, written atomically.
 
-A file is written under a temporary name that does not end in ``.dcm``, fsynced, renamed into
-place and its folder fsynced, so a file with the final name is always complete and durable; a
-crash leaves at most a temporary file. Received instances are written past the page cache
-(``O_DIRECT``, storage/direct_io.py) where the file system allows.
+A file is written without a name (``O_TMPFILE``) where the file system allows, fsynced, linked
+under its final name and its folder fsynced; elsewhere (NFS, file systems without ``O_TMPFILE``)
+under a temporary name that does not end in ``.dcm``, fsynced, renamed into place and its folder
+fsynced. Either way a file with the final name is always complete and durable, and a crash
+leaves at most a temporary file (or, unnamed, nothing). Received instances are written past the
+page cache (``O_DIRECT``, storage/direct_io.py) where the file system allows.
+
+Why unnamed first: on ext4 the fsync of a file created under a name also writes that name's
+folder (block and inode) and waits for it, and the rename makes the folder be written again at its
+own fsync. An unnamed file's fsync has no folder to write. Measured on this project's VM, one
+thread writing 300 files of 513 KB as the receiver does: 6 instead of 8 waits for the disk per
+file (voluntary context switches), 0.70 instead of 0.82 ms of wall time per file, together with
+the early writeback of the last partial block (storage/direct_io.py). 300 x 512 KB over four
+storescu associations, 10 interleaved runs each: 0.453 instead of 0.475 s (median), 1.67 instead
+of 1.78 ms of the node's CPU per image.
 
 The temporary name carries the writer's host and process id
 (``.<name>.<host>-<pid>-<n>.partial``), so that the files of a dead process can be told from
@@ -14,6 +25,7 @@ and the supervisor deletes a dead child's at once (:func:`remove_partial_files_o
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import re
@@ -33,10 +45,22 @@ _TEMPORARY_NAME = re.compile(r"\..*\.([A-Za-z0-9_]+)-(\d+)-\d+" + re.escape(TEMP
 
 @dataclass(frozen=True)
 class SpoolPath:
-    """Where one instance lives: ``relative`` to data_dir and ``absolute``."""
+    """Where one instance lives: ``relative`` to data_dir, and its ``folder`` (absolute) and file
+    ``name`` as plain strings (the receiver's path per instance builds no ``Path``)."""
 
     relative: str
-    absolute: Path
+    folder: str
+    name: str
+
+    @classmethod
+    def under(cls, data_dir: Path | str, relative: str) -> SpoolPath:
+        """The path ``relative`` (``<area>/<study>/<series>/<sop>.dcm``) under ``data_dir``."""
+        folder, _, name = f"{os.fspath(data_dir)}/{relative}".rpartition("/")
+        return cls(relative=relative, folder=folder, name=name)
+
+    @property
+    def absolute(self) -> Path:
+        return Path(self.folder, self.name)
 
 
 class Spool:
@@ -53,15 +77,14 @@ class Spool:
         study = validate_uid(study_uid, "StudyInstanceUID")
         series = validate_uid(series_uid, "SeriesInstanceUID")
         sop = validate_uid(sop_uid, "SOPInstanceUID")
-        relative = f"spool/{study}/{series}/{sop}.dcm"
-        return SpoolPath(relative=relative, absolute=self.data_dir / relative)
+        return SpoolPath.under(self.data_dir, f"spool/{study}/{series}/{sop}.dcm")
 
-    def write(self, target: SpoolPath, data: bytes | memoryview) -> None:
-        """Write ``data`` durably to ``target`` (temp file, fsync, rename, fsync of the folder),
-        past the page cache where the file system allows (storage/direct_io.py). The series
-        folder is made when it is missing (first instance, or removed by retention)."""
-        write_atomically(target.absolute.parent, target.absolute.name, data, make_folder=True,
-                         direct_buffers=self._buffers)
+    def write(self, target: SpoolPath, data: bytes | memoryview) -> bool:
+        """Write ``data`` durably to ``target`` (:func:`write_atomically`), past the page cache
+        where the file system allows (storage/direct_io.py). The series folder is made when it
+        is missing (first instance, or removed by retention). True when it replaced a file that
+        was there (a repeated SOP Instance UID)."""
+        return write_atomically(target.folder, target.name, data, make_folder=True, direct_buffers=self._buffers)
 
     def free_bytes(self) -> int:
         """Free space on the file system that holds the spool, in bytes."""
@@ -126,9 +149,10 @@ def _create_temporary(folder: Path, name: str, make_folder: bool = False) -> tup
     return temp, os.open(temp, flags, 0o640)
 
 
-def make_folder_durably(folder: Path) -> None:
+def make_folder_durably(folder: Path | str) -> None:
     """``mkdir -p folder``, then fsync the parent of every folder made: a new folder's name lives
     in its parent, and without that flush a power cut could lose a whole new series folder."""
+    folder = Path(folder)
     missing: list[Path] = []
     current = folder
     while not current.exists():
@@ -139,25 +163,126 @@ def make_folder_durably(folder: Path) -> None:
         _fsync_directory(made.parent)
 
 
-def write_atomically(folder: Path, name: str, data: bytes | memoryview, make_folder: bool = False,
-                     direct_buffers: AlignedBuffers | None = None) -> None:
-    """Write ``folder/name`` so that it is either absent, the previous file, or complete; with
-    ``make_folder``, a missing folder is made first; with ``direct_buffers``, the data bypasses
-    the page cache where the file system allows (storage/direct_io.py)."""
-    temp, fd = _create_temporary(folder, name, make_folder)
+def write_atomically(folder: Path | str, name: str, data: bytes | memoryview, make_folder: bool = False,
+                     direct_buffers: AlignedBuffers | None = None) -> bool:
+    """Write ``folder/name`` so that it is either absent, the previous file, or complete and
+    durable (the module's docstring: unnamed and linked, or under a temporary name and renamed;
+    then the folder fsynced); with ``make_folder``, a missing folder is made first; with
+    ``direct_buffers``, the data bypasses the page cache where the file system allows
+    (storage/direct_io.py). Return True when a file of that name was there and was replaced."""
+    folder_fd = _open_folder(folder, make_folder)
     try:
-        if direct_buffers is None:
-            write_fully(fd, data)
+        fd = _open_unnamed(folder_fd)
+        if fd is None:
+            replaced = _write_named_then_rename(folder_fd, name, data, direct_buffers)
         else:
-            write_all_direct(fd, data, direct_buffers)
-        os.fsync(fd)
+            try:
+                _write_and_sync(fd, data, direct_buffers)
+                replaced = _link_into_place(fd, folder_fd, name)
+            finally:
+                os.close(fd)  # an unnamed file not linked (an error) is freed here
+        os.fsync(folder_fd)
+        return replaced
+    finally:
+        os.close(folder_fd)
+
+
+_FD_LINKS = "/proc/self/fd"  # linkat(2) through these links names an O_TMPFILE file (open(2), O_TMPFILE)
+_UNNAMED_FILES_LINKABLE = hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_LINKS)  # no procfs: named temporaries
+
+
+def _open_folder(folder: Path | str, make_folder: bool) -> int:
+    """A descriptor of ``folder`` (made first when missing and ``make_folder``): the file is
+    created, linked or renamed and the folder fsynced through it, so its path is resolved once."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    try:
+        return os.open(folder, flags)
+    except FileNotFoundError:
+        if not make_folder:
+            raise
+    make_folder_durably(folder)
+    return os.open(folder, flags)
+
+
+def _open_unnamed(folder_fd: int) -> int | None:
+    """A new file without a name in the folder of ``folder_fd``, open for writing (``O_TMPFILE``);
+    None where the file system or the platform does not make such files."""
+    if not _UNNAMED_FILES_LINKABLE:
+        return None
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o640, dir_fd=folder_fd)
+    except OSError as exc:
+        if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):  # NFS, FUSE, kernels before 3.11
+            return None
+        raise
+
+
+def _link_into_place(fd: int, folder_fd: int, name: str) -> bool:
+    """Give the written and fsynced unnamed file ``fd`` the name ``name`` in the folder of
+    ``folder_fd``; return True when it replaced a file of that name. A new name is linked
+    directly; an existing one is replaced through a temporary name and a rename, so that it is
+    never absent."""
+    source = f"{_FD_LINKS}/{fd}"
+    try:
+        os.link(source, name, dst_dir_fd=folder_fd)  # with dst_dir_fd: linkat(..., AT_SYMLINK_FOLLOW)
+        return False
+    except FileExistsError:
+        pass
+    temp = temporary_name(name)
+    os.link(source, temp, dst_dir_fd=folder_fd)
+    _rename_in(folder_fd, temp, name)
+    return True
+
+
+def _write_named_then_rename(folder_fd: int, name: str, data: bytes | memoryview,
+                             direct_buffers: AlignedBuffers | None) -> bool:
+    """:func:`write_atomically` where no unnamed file can be made: under a temporary name, then
+    renamed; True when a file of that name was replaced."""
+    temp = temporary_name(name)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640, dir_fd=folder_fd)
+    try:
+        _write_and_sync(fd, data, direct_buffers)
     except BaseException:
         os.close(fd)
-        temp.unlink(missing_ok=True)
+        _unlink_in(folder_fd, temp)
         raise
     os.close(fd)
-    os.replace(temp, folder / name)
-    _fsync_directory(folder)
+    replaced = _exists_in(folder_fd, name)
+    _rename_in(folder_fd, temp, name)
+    return replaced
+
+
+def _write_and_sync(fd: int, data: bytes | memoryview, direct_buffers: AlignedBuffers | None) -> None:
+    if direct_buffers is None:
+        write_fully(fd, data)
+    else:
+        write_all_direct(fd, data, direct_buffers)
+    os.fsync(fd)
+
+
+def _rename_in(folder_fd: int, temp: str, name: str) -> None:
+    """Rename ``temp`` to ``name`` within the folder of ``folder_fd``; ``temp`` is removed when
+    that fails."""
+    try:
+        os.replace(temp, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
+    except BaseException:
+        _unlink_in(folder_fd, temp)
+        raise
+
+
+def _unlink_in(folder_fd: int, name: str) -> None:
+    try:
+        os.unlink(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        pass
+
+
+def _exists_in(folder_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _fsync_directory(folder: Path) -> None:

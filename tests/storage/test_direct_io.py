@@ -180,3 +180,29 @@ def test_only_writable_memory_that_starts_on_a_block_boundary_counts_as_aligned(
         assert not is_block_aligned(whole[1:])
         assert not is_block_aligned(whole[:0])
     assert not is_block_aligned(memoryview(bytes(2 * BLOCK)))  # read-only bytes never are
+
+
+def test_the_partial_last_block_is_written_and_handed_to_writeback_before_the_whole_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, int]] = []
+    real_pwrite, real_advise = os.pwrite, os.posix_fadvise
+
+    def pwrite(fd: int, data, offset: int) -> int:  # type: ignore[no-untyped-def]
+        calls.append(("pwrite", offset))
+        return real_pwrite(fd, data, offset)
+
+    def advise(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append(("writeback" if advice == os.POSIX_FADV_DONTNEED else "other advice", offset))
+        real_advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(direct_io.os, "pwrite", pwrite)
+    monkeypatch.setattr(direct_io.os, "posix_fadvise", advise)
+    _patch_direct_writes(monkeypatch, lambda fd, data: calls.append(("direct", len(data))) or os.pwrite(fd, data, 0))
+    data = _payload(3 * BLOCK + 100)
+    with _open_new(tmp_path / "f") as fd:
+        write_all_direct(fd, data, AlignedBuffers())
+        os.fsync(fd)
+
+    assert calls[:3] == [("pwrite", 3 * BLOCK), ("writeback", 3 * BLOCK), ("direct", 3 * BLOCK)]
+    assert (tmp_path / "f").read_bytes() == data

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import errno
 import os
 import shutil
 
 import pydicom
 import pytest
 
+from storage import spool as spool_module
 from storage.outbox import Outbox
 from storage.spool import (
     TEMP_SUFFIX,
@@ -19,8 +21,10 @@ from storage.spool import (
     remove_partial_files_of,
     temporary_file_writer,
     temporary_name,
+    write_atomically,
     write_many_atomically,
 )
+from storage.direct_io import AlignedBuffers
 from tests.support.page_cache import resident_bytes, skip_where_files_live_in_the_page_cache
 from tests.support.series import write_series
 
@@ -77,6 +81,71 @@ def test_an_instance_is_written_past_the_page_cache(tmp_path: Path) -> None:
     spool.write(target, data)
     assert resident_bytes(target.absolute) <= 4096  # at most the partial last block (storage/direct_io.py)
     assert target.absolute.read_bytes() == data
+
+
+@pytest.fixture(params=["unnamed", "named"])
+def write_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of :func:`write_atomically`: an unnamed file linked into place (O_TMPFILE), and
+    the fallback of file systems without it, a temporary name renamed."""
+    if request.param == "unnamed" and not spool_module._UNNAMED_FILES_LINKABLE:
+        pytest.fail("this machine should make O_TMPFILE files (Linux with /proc)")
+    if request.param == "named":
+        monkeypatch.setattr(spool_module, "_UNNAMED_FILES_LINKABLE", False)
+    return str(request.param)
+
+
+def test_a_new_file_is_given_its_final_name_only_once_complete_and_no_other_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_temporary_name(name: str, pid: int | None = None, host: str = THIS_HOST) -> str:
+        raise AssertionError("an unnamed file needs no temporary name")
+
+    monkeypatch.setattr(spool_module, "temporary_name", no_temporary_name)
+    assert write_atomically(tmp_path, "1.dcm", b"complete") is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.dcm"]
+    assert (tmp_path / "1.dcm").read_bytes() == b"complete"
+
+
+def test_a_repeated_write_replaces_the_file_and_says_it_did(tmp_path: Path, write_way: str) -> None:
+    assert write_atomically(tmp_path, "1.dcm", b"first") is False
+    assert write_atomically(tmp_path, "1.dcm", b"second", direct_buffers=AlignedBuffers()) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.dcm"]
+    assert (tmp_path / "1.dcm").read_bytes() == b"second"
+
+
+def test_a_write_that_fails_leaves_the_previous_file_and_nothing_else(
+    tmp_path: Path, write_way: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_atomically(tmp_path, "1.dcm", b"first")
+
+    def disk_full(fd: int, data: bytes) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_module, "write_fully", disk_full)
+    with pytest.raises(OSError) as raised:
+        write_atomically(tmp_path, "1.dcm", b"second")
+    assert raised.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.dcm"]
+    assert (tmp_path / "1.dcm").read_bytes() == b"first"
+
+
+def test_a_file_system_without_unnamed_files_gets_a_temporary_name_renamed_into_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse_unnamed(path, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:  # type: ignore[no-untyped-def]
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")  # what NFS answers
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+
+    real_open = os.open
+    names: list[str] = []
+    real_temporary_name = spool_module.temporary_name
+    monkeypatch.setattr(spool_module.os, "open", refuse_unnamed)
+    monkeypatch.setattr(spool_module, "temporary_name", lambda name: names.append(real_temporary_name(name)) or names[-1])
+    assert write_atomically(tmp_path, "1.dcm", b"complete") is False
+    assert len(names) == 1 and names[0].endswith(TEMP_SUFFIX)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.dcm"]
+    assert (tmp_path / "1.dcm").read_bytes() == b"complete"
 
 
 def _partial(folder: Path, sop: str, pid: int, host: str = THIS_HOST) -> Path:
