@@ -421,7 +421,7 @@ def _message_converted_directly(assoc: Any) -> DIMSEMessage:
     message keeps pynetdicom's ``message_to_primitive``. When the association was given a
     :class:`FileBufferPool`, its dataset is assembled behind its file header in a page-aligned
     buffer (node/received_file.py) instead of a ``BytesIO``."""
-    message = DIMSEMessage()
+    message = _new_message()
     pool: FileBufferPool | None = getattr(assoc, _FILE_BUFFERS_ATTR, None)
     if pool is not None:
         message.data_set = ReceivedFileBuffer(pool, lambda: _file_header_of(message, assoc))  # type: ignore[assignment]
@@ -445,6 +445,21 @@ def _message_converted_directly(assoc: Any) -> DIMSEMessage:
 
     message.message_to_primitive = to_primitive  # type: ignore[method-assign]
     message.decode_msg = decode_msg  # type: ignore[method-assign]
+    return message
+
+
+def _new_message() -> DIMSEMessage:
+    """A ``DIMSEMessage`` with the attributes pynetdicom's ``__init__`` gives it, except the
+    empty command-set ``Dataset``: ``decode_msg`` puts the decoded one there once the command set
+    is complete, and a C-STORE-RQ typed directly has none (``command_set`` None). Making that
+    ``Dataset`` took 5.3 of the 5.5 us that ``DIMSEMessage()`` costs (timeit, 20000 in a row)."""
+    message = DIMSEMessage.__new__(DIMSEMessage)
+    message.context_id = None
+    message.encoded_command_set = BytesIO()
+    message.data_set = BytesIO()
+    message.command_set = None  # type: ignore[assignment]
+    message._data_set_path = None
+    message._data_set_file = None
     return message
 
 

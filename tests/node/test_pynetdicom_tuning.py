@@ -18,6 +18,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config, evt
 from pynetdicom import association as association_module
 from pynetdicom import dul as dul_module
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.sop_class import CTImageStorage, Verification
 
 from node import pynetdicom_tuning
@@ -494,6 +495,12 @@ def test_a_c_store_requests_command_set_goes_through_pydicom_only_for_a_listener
     for path in files:
         uid = str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
         assert dataset_bytes_from(received[uid]) == dataset_bytes(path)
+
+
+def test_a_message_to_assemble_has_every_attribute_pynetdicoms_constructor_gives_it() -> None:
+    made_here, made_by_pynetdicom = pynetdicom_tuning._new_message(), DIMSEMessage()
+    assert vars(made_here).keys() == vars(made_by_pynetdicom).keys()
+    assert made_here.command_set is None  # set once the command set is complete (or never: typed directly)
 
 
 @pytest.mark.parametrize("size", [128, 1024])  # 32 KB, and 2 MB: beyond the pooled 1 MB, the buffer grows
