@@ -29,6 +29,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
+from pydicom import config
 from pydicom.uid import UID
 from pynetdicom import _config, dimse_primitives, pdu_items, pdu_primitives, presentation, utils
 
@@ -45,7 +46,7 @@ def conformant_uid(value: str) -> UID | None:
     passes the configured validator; None otherwise (nothing is logged either way)."""
     if len(value) > 64 or _CONFORMANT.fullmatch(value) is None:
         return None
-    uid = UID(value)
+    uid = UID(value, validation_mode=config.IGNORE)  # pydicom's own check of UI values: the two lines above
     if not uid.is_valid or not _config.VALIDATORS["UI"](uid)[0]:
         return None
     return uid
