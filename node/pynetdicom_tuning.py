@@ -54,7 +54,12 @@ acceptor associations only)
     this path does not trigger) goes through pynetdicom's own path unchanged; a malformed PDV
     list is Evt19 (A-ABORT), as pynetdicom's decoder failing is. When such a PDU did not complete
     a message and the next one is already arriving, that one is read at once, without a reactor
-    loop (two select() calls and a queue check) in between.
+    loop (two select() calls and a queue check) in between. Whether a PDU is arriving is asked by
+    reading its header without waiting (:func:`_header_if_waiting`: one non-blocking ``readv``),
+    there and when the reactor checks its socket (``_is_transport_event``), instead of a select()
+    with timeout 0 and then the read: strace of the receivers, 300 images on four associations,
+    2234 select() calls before, 330 after (the blocking waits for the next request); 10
+    interleaved runs: 0.464 against 0.490 s, 1.58 against 1.78 ms of the node's CPU per image.
   - A C-STORE-RQ assembled that way is turned into its primitive by
     node/cstore_request.py, which reads the few values of its command set directly, instead of
     pynetdicom's ``message_to_primitive`` converting every element through pydicom first: the
@@ -271,28 +276,75 @@ def split_pdv_items(body: bytes | bytearray) -> list[list[Any]]:
 _PDU_EVENTS = {0x01: "Evt6", 0x02: "Evt3", 0x03: "Evt4", 0x04: "Evt10", 0x05: "Evt12", 0x06: "Evt13", 0x07: "Evt16"}
 
 
-def _read_pdu(dul: Any) -> None:
-    """``DULServiceProvider._read_pdu_data`` for tuned acceptor DULs (see the module docstring).
+def _read_pdu(dul: Any, header: bytes | None = None) -> None:
+    """``DULServiceProvider._read_pdu_data`` for tuned acceptor DULs (see the module docstring),
+    reading the PDU whose ``header`` was read already when given.
 
     After a P-DATA-TF handed straight to DIMSE that did not complete a request, the next PDU is
-    read at once when it is already arriving, instead of after another reactor loop (an event
-    queue check and two select() calls); anything else returns to the reactor."""
-    while _read_one_pdu(dul) and dul.socket.ready:
-        pass
+    read at once when its header is already arriving (:func:`_header_if_waiting`), instead of
+    after another reactor loop (an event queue check and two select() calls); anything else
+    returns to the reactor."""
+    while _read_one_pdu(dul, header):
+        header = _header_if_waiting(dul)
+        if header is None:
+            return
 
 
-def _read_one_pdu(dul: Any) -> bool:
-    """Read one PDU. True when it was a P-DATA-TF handed straight to DIMSE and no request was
-    served, i.e. nothing waits for the reactor: no event, no response to send.
+def _transport_event(dul: Any, original: Any) -> bool:
+    """``DULServiceProvider._is_transport_event`` for tuned acceptor DULs: a PDU is read when its
+    header is waiting (one non-blocking read where pynetdicom makes a select() and then the
+    read); ``original`` (pynetdicom's) in Sta13, where the connection is closed instead."""
+    if dul.state_machine.current_state == "Sta13":
+        return bool(original())
+    header = _header_if_waiting(dul)
+    if header is None:
+        return False
+    _read_pdu(dul, header)
+    return True
+
+
+def _header_if_waiting(dul: Any) -> bytes | None:
+    """The next PDU's 6-byte header (type, reserved, length; PS3.8 9.3.1) when the peer has begun
+    sending it; None when nothing is waiting. On a plain socket with a timeout (an accepted
+    association's) one non-blocking ``readv`` answers both (a header begun is finished with the
+    socket's timeout); on any other (TLS, with its own buffer) pynetdicom's ``ready`` check, then
+    a read. b"" (or fewer than 6 bytes) when the connection closed or failed, for
+    :func:`_read_one_pdu` to end the association (Evt17)."""
+    association_socket = dul.socket
+    raw = getattr(association_socket, "socket", None)
+    if raw is None or not getattr(association_socket, "_is_connected", False):
+        return None
+    if type(raw) is not socket.socket or not raw.gettimeout():
+        return bytes(association_socket.recv(6)) if association_socket.ready else None
+    header = bytearray(6)
+    try:
+        received = os.readv(raw.fileno(), (header,))
+        if 0 < received < 6:  # the rest of a header begun is on its way
+            rest = read_exactly(raw, 6 - received)
+            header[received:] = rest
+            received += len(rest)
+    except BlockingIOError:
+        return None
+    except (OSError, TimeoutError) as exc:
+        log.debug("connection closed before a PDU header was received: %s", exc)
+        return b""
+    return bytes(header[:received])
+
+
+def _read_one_pdu(dul: Any, header: bytes | None = None) -> bool:
+    """Read one PDU (its ``header`` already read, when given). True when it was a P-DATA-TF
+    handed straight to DIMSE and no request was served, i.e. nothing waits for the reactor: no
+    event, no response to send.
 
     Events emitted as pynetdicom's: Evt17 when the connection closes or times out mid-PDU, Evt19
     for an unknown PDU type or a PDU that does not decode, else the PDU's own event."""
-    try:
-        header = dul.socket.recv(6)
-    except (OSError, TimeoutError) as exc:
-        log.debug("connection closed before a PDU header was received: %s", exc)
-        dul.event_queue.put("Evt17")
-        return False
+    if header is None:
+        try:
+            header = dul.socket.recv(6)
+        except (OSError, TimeoutError) as exc:
+            log.debug("connection closed before a PDU header was received: %s", exc)
+            dul.event_queue.put("Evt17")
+            return False
     if len(header) != 6:
         dul.event_queue.put("Evt17")
         return False
@@ -624,6 +676,8 @@ def tune_association(assoc: Any, file_buffers: FileBufferPool | None = None) -> 
     _tune_recv(assoc.dul.socket)
     dul = assoc.dul
     dul._read_pdu_data = lambda: _read_pdu(dul)
+    original_transport_event = dul._is_transport_event
+    dul._is_transport_event = lambda: _transport_event(dul, original_transport_event)
     _tune_responses(assoc)
 
 

@@ -4,6 +4,7 @@ stores every instance exactly as received, released and aborted associations inc
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import threading
@@ -704,6 +705,71 @@ def test_receive_into_leaves_a_socket_without_timeout_to_recv_into(
     buffer = bytearray(2)
     assert pynetdicom_tuning.receive_into(near, memoryview(buffer)) == 2
     assert bytes(buffer) == b"ab" and calls == []
+
+
+def test_pdus_of_an_established_association_are_read_without_a_readiness_select(
+    tuned_scp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # type: ignore[no-untyped-def]
+) -> None:
+    port, received, _ = tuned_scp
+    readiness_checks: list[str] = []  # the DUL's state at each select() with timeout 0
+    real_select = select.select
+
+    def counting_select(readable, writable, failed, timeout=None):  # type: ignore[no-untyped-def]
+        if timeout == 0 and getattr(threading.current_thread(), pynetdicom_tuning._TUNED_DUL_ATTR, False):
+            readiness_checks.append(threading.current_thread().state_machine.current_state)
+        return real_select(readable, writable, failed, timeout)
+
+    monkeypatch.setattr(select, "select", counting_select)
+    files = write_series(tmp_path / "s", 4, size=128, seed=31)  # several P-DATA-TF PDUs each
+
+    assert [status for status, _ in _store_all(port, files)] == [0x0000] * len(files)
+    assert len(received) == len(files)
+    # each header read straight away, or found not there yet; only the closing state (Sta13,
+    # after the release) keeps pynetdicom's check before it closes the connection
+    assert [state for state in readiness_checks if state != "Sta13"] == []
+
+
+class _StandInAssociationSocket:
+    """What :func:`pynetdicom_tuning._header_if_waiting` uses of pynetdicom's AssociationSocket."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        self.socket, self._is_connected = raw, True
+
+
+class _StandInDul:
+    def __init__(self, raw: socket.socket) -> None:
+        self.socket = _StandInAssociationSocket(raw)
+
+
+def test_a_header_not_yet_sent_is_reported_absent_at_once(socket_pair: tuple[socket.socket, socket.socket]) -> None:
+    near, _ = socket_pair
+    near.settimeout(5)
+    started = time.monotonic()
+    assert pynetdicom_tuning._header_if_waiting(_StandInDul(near)) is None
+    assert time.monotonic() - started < 1  # not the socket's 5 s timeout
+
+
+def test_a_header_begun_is_read_whole_even_when_its_bytes_arrive_apart(
+    socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    near, far = socket_pair
+    near.settimeout(5)
+    far.sendall(b"\x04\x00")
+    time.sleep(0.05)
+    later = threading.Timer(0.2, far.sendall, args=(b"\x00\x00\x40\x00" + b"body",))
+    later.start()
+    assert pynetdicom_tuning._header_if_waiting(_StandInDul(near)) == b"\x04\x00\x00\x00\x40\x00"
+    later.join()
+    assert near.recv(4) == b"body"  # the PDU's body is left for its own read
+
+
+def test_a_closed_connection_gives_no_header_for_the_association_to_end(
+    socket_pair: tuple[socket.socket, socket.socket]
+) -> None:
+    near, far = socket_pair
+    near.settimeout(5)
+    far.close()
+    assert pynetdicom_tuning._header_if_waiting(_StandInDul(near)) == b""
 
 
 @pytest.mark.parametrize("scp_store_delay_s", [1.5])
