@@ -1,9 +1,9 @@
 """The file store: ``spool/<study>/<series>/<sop>.dcm`` under data_dir, written atomically.
 
 A file is written without a name (``O_TMPFILE``) where the file system allows, fsynced, linked
-under its final name and its folder fsynced; elsewhere (NFS, file systems without ``O_TMPFILE``)
-under a temporary name that does not end in ``.dcm``, fsynced, renamed into place and its folder
-fsynced. Either way a file with the final name is always complete and durable, and a crash
+under its final name and its folder fsynced; elsewhere (NFS, file systems without ``O_TMPFILE``,
+systems that refuse to link such a file) under a temporary name that does not end in ``.dcm``,
+fsynced, renamed into place and its folder fsynced. Either way a file with the final name is always complete and durable, and a crash
 leaves at most a temporary file (or, unnamed, nothing). Received instances are written past the
 page cache (``O_DIRECT``, storage/direct_io.py) where the file system allows.
 
@@ -173,14 +173,18 @@ def write_atomically(folder: Path | str, name: str, data: bytes | memoryview, ma
     folder_fd = _open_folder(folder, make_folder)
     try:
         fd = _open_unnamed(folder_fd)
-        if fd is None:
-            replaced = _write_named_then_rename(folder_fd, name, data, direct_buffers)
-        else:
+        replaced: bool | None = None
+        if fd is not None:
             try:
                 _write_and_sync(fd, data, direct_buffers)
                 replaced = _link_into_place(fd, folder_fd, name)
+            except OSError as exc:
+                if exc.errno not in _LINK_REFUSED:
+                    raise
             finally:
-                os.close(fd)  # an unnamed file not linked (an error) is freed here
+                os.close(fd)  # an unnamed file not linked (an error, a refusal) is freed here
+        if replaced is None:  # no unnamed file, or the system refused to link it
+            replaced = _write_named_then_rename(folder_fd, name, data, direct_buffers)
         os.fsync(folder_fd)
         return replaced
     finally:
@@ -189,6 +193,9 @@ def write_atomically(folder: Path | str, name: str, data: bytes | memoryview, ma
 
 _FD_LINKS = "/proc/self/fd"  # linkat(2) through these links names an O_TMPFILE file (open(2), O_TMPFILE)
 _UNNAMED_FILES_LINKABLE = hasattr(os, "O_TMPFILE") and os.path.isdir(_FD_LINKS)  # no procfs: named temporaries
+# linkat of an unnamed file refused (a security module, a /proc that does not resolve): the same
+# bytes are written again under a temporary name, so such a system stores as before, only slower
+_LINK_REFUSED = frozenset({errno.EPERM, errno.EACCES, errno.EXDEV, errno.ENOENT})
 
 
 def _open_folder(folder: Path | str, make_folder: bool) -> int:

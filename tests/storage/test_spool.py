@@ -148,6 +148,23 @@ def test_a_file_system_without_unnamed_files_gets_a_temporary_name_renamed_into_
     assert (tmp_path / "1.dcm").read_bytes() == b"complete"
 
 
+def test_a_system_that_refuses_to_link_unnamed_files_gets_the_file_written_under_a_temporary_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_link = os.link
+
+    def refuse_unnamed_links(source: str, target: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if str(source).startswith("/proc/self/fd/"):
+            raise PermissionError(errno.EPERM, "Operation not permitted")  # e.g. a security module
+        real_link(source, target, **kwargs)
+
+    monkeypatch.setattr(spool_module.os, "link", refuse_unnamed_links)
+    write_atomically(tmp_path, "1.dcm", b"first")
+    assert write_atomically(tmp_path, "1.dcm", b"second", direct_buffers=AlignedBuffers()) is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.dcm"]
+    assert (tmp_path / "1.dcm").read_bytes() == b"second"
+
+
 def _partial(folder: Path, sop: str, pid: int, host: str = THIS_HOST) -> Path:
     path = folder / temporary_name(f"{sop}.dcm", pid=pid, host=host)
     path.write_bytes(b"partial")
