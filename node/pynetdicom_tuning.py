@@ -224,12 +224,26 @@ def receive_into(raw: socket.socket, view: memoryview) -> int:
     socket's descriptor is non-blocking, so a plain ``readv`` returns what is waiting or raises
     BlockingIOError; only then is the usual timed wait made. A TLS socket (its own buffer of
     decrypted bytes) and a socket without a timeout are read by ``recv_into`` as before."""
-    if type(raw) is socket.socket and raw.gettimeout():
-        try:
-            return os.readv(raw.fileno(), (view,))
-        except BlockingIOError:
-            pass  # nothing waiting yet: wait for it, with the socket's timeout
-    return raw.recv_into(view)
+    if _reads_without_poll(raw):
+        received = _read_waiting(raw, view)
+        if received is not None:
+            return received
+    return raw.recv_into(view)  # nothing waiting yet: wait for it, with the socket's timeout
+
+
+def _reads_without_poll(raw: Any) -> bool:
+    """Whether ``raw`` is a plain socket with a timeout (so its descriptor is non-blocking), whose
+    waiting bytes :func:`_read_waiting` may read; not a TLS socket, which buffers its own."""
+    return type(raw) is socket.socket and bool(raw.gettimeout())
+
+
+def _read_waiting(raw: socket.socket, view: bytearray | memoryview) -> int | None:
+    """Read into ``view`` what is already waiting on ``raw`` (one ``readv`` on its non-blocking
+    descriptor; 0 once the peer closed); None when nothing is."""
+    try:
+        return os.readv(raw.fileno(), (view,))
+    except BlockingIOError:
+        return None
 
 
 def read_exactly(raw: socket.socket, nr_bytes: int) -> bytearray:
@@ -314,17 +328,17 @@ def _header_if_waiting(dul: Any) -> bytes | None:
     raw = getattr(association_socket, "socket", None)
     if raw is None or not getattr(association_socket, "_is_connected", False):
         return None
-    if type(raw) is not socket.socket or not raw.gettimeout():
+    if not _reads_without_poll(raw):
         return bytes(association_socket.recv(6)) if association_socket.ready else None
     header = bytearray(6)
     try:
-        received = os.readv(raw.fileno(), (header,))
+        received = _read_waiting(raw, header)
+        if received is None:
+            return None
         if 0 < received < 6:  # the rest of a header begun is on its way
             rest = read_exactly(raw, 6 - received)
             header[received:] = rest
             received += len(rest)
-    except BlockingIOError:
-        return None
     except (OSError, TimeoutError) as exc:
         log.debug("connection closed before a PDU header was received: %s", exc)
         return b""

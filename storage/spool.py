@@ -135,18 +135,10 @@ def temporary_name(name: str, pid: int | None = None, host: str = THIS_HOST) -> 
     return f".{name}.{host}-{os.getpid() if pid is None else pid}-{next(_temporary_numbers)}{TEMP_SUFFIX}"
 
 
-def _create_temporary(folder: Path, name: str, make_folder: bool = False) -> tuple[Path, int]:
-    """A new temporary file for ``folder/name``, open for writing; with ``make_folder``, the
-    folder (and its parents) is made when the first attempt finds it missing."""
+def _create_temporary(folder: Path, name: str) -> tuple[Path, int]:
+    """A new temporary file for ``folder/name``, open for writing."""
     temp = folder / temporary_name(name)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        return temp, os.open(temp, flags, 0o640)
-    except FileNotFoundError:
-        if not make_folder:
-            raise
-    make_folder_durably(folder)
-    return temp, os.open(temp, flags, 0o640)
+    return temp, os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
 
 
 def make_folder_durably(folder: Path | str) -> None:
